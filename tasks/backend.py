@@ -1,0 +1,162 @@
+"""mqsite as a backend of Django's Tasks API.
+
+``enqueue`` writes the history row first; that row is the outbox. Outside a
+transaction the envelope is pushed at once, and if Redis refuses it the row
+is removed and QueueUnavailable raised, so a failed enqueue leaves nothing.
+Inside a transaction the push waits for the commit; if Redis is down then,
+the committed row is delivered later by the sweeper.
+"""
+
+import json
+import logging
+from datetime import datetime
+from functools import partial
+
+from django.db import router, transaction
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from . import registry
+from .compat import BaseTaskBackend, TaskError, TaskResult, TaskResultDoesNotExist, TaskResultStatus
+from .conf import mq_settings
+from .connection import get_redis
+from .envelope import Envelope
+from .models import TaskRecord, TaskStatus
+from .queue import QueueUnavailable, ReliableQueue
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RedisTaskBackend", "QueueUnavailable", "queue_for"]
+
+
+def queue_for(queue_name):
+    return ReliableQueue(get_redis(), queue_name, mq_settings.queue_key(queue_name))
+
+
+def new_task_id():
+    return get_random_string(32)
+
+
+def to_json(value):
+    """Round-trip through JSON: tuples become lists, anything else JSON cannot
+    carry raises TypeError before a row is written."""
+    return json.loads(json.dumps(value))
+
+
+class RedisTaskBackend(BaseTaskBackend):
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+
+    def validate_task(self, task):
+        super().validate_task(task)
+        registry.register(task)
+
+    def enqueue(self, task, args, kwargs):
+        self.validate_task(task)
+        return self.enqueue_many(task, [(args, kwargs)])[0]
+
+    def enqueue_many(self, task, calls):
+        """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push."""
+        self.validate_task(task)
+        now = timezone.now()
+        envelopes = [
+            Envelope(
+                id=new_task_id(),
+                task=task.module_path,
+                queue=task.queue_name,
+                args=to_json(args),
+                kwargs=to_json(kwargs),
+                enqueued_at=now.isoformat(),
+            )
+            for args, kwargs in calls
+        ]
+        records = [
+            TaskRecord(
+                id=e.id,
+                task_path=e.task,
+                queue=e.queue,
+                backend=self.alias,
+                args=e.args,
+                kwargs=e.kwargs,
+                enqueued_at=now,
+                run_after=task.run_after,
+            )
+            for e in envelopes
+        ]
+        db = router.db_for_write(TaskRecord)
+        TaskRecord.objects.using(db).bulk_create(records)
+        deliver = partial(self._deliver, task.queue_name, envelopes, task.run_after)
+        if transaction.get_connection(db).in_atomic_block:
+            # robust: a Redis outage at commit time is logged, the rows stay
+            # READY, and the sweeper delivers them once Redis is back.
+            transaction.on_commit(deliver, using=db, robust=True)
+        else:
+            try:
+                deliver()
+            except QueueUnavailable:
+                TaskRecord.objects.using(db).filter(id__in=[e.id for e in envelopes]).delete()
+                raise
+        return [self._result(task, record) for record in records]
+
+    def _deliver(self, queue_name, envelopes, run_after):
+        queue = queue_for(queue_name)
+        if run_after is not None and run_after > timezone.now():
+            for envelope in envelopes:
+                queue.schedule(envelope, run_after.timestamp())
+        else:
+            queue.push(envelopes, max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+
+    def get_result(self, result_id):
+        try:
+            record = TaskRecord.objects.get(id=result_id)
+        except (TaskRecord.DoesNotExist, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        task = registry.get(record.task_path)
+        if task is None:
+            raise TaskResultDoesNotExist(f"{result_id} names no registered task ({record.task_path})")
+        return self._result(task, record)
+
+    def _result(self, task, record):
+        status = TaskResultStatus.FAILED if record.status == TaskStatus.DEAD else TaskResultStatus(record.status)
+        errors = [
+            TaskError(exception_class_path=e.get("exception", "builtins.Exception"), traceback=e.get("traceback", ""))
+            for e in record.errors
+        ]
+        # The Tasks API counts attempts as len(worker_ids): one entry per run.
+        failed_on = [e.get("worker", "") for e in record.errors]
+        worker_ids = (failed_on + [record.worker] * record.attempts)[: record.attempts]
+        result = TaskResult(
+            task=task,
+            id=record.id,
+            status=status,
+            enqueued_at=record.enqueued_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            last_attempted_at=record.started_at,
+            args=record.args,
+            kwargs=record.kwargs,
+            backend=record.backend,
+            errors=errors,
+            worker_ids=worker_ids,
+        )
+        object.__setattr__(result, "_return_value", record.result)
+        return result
+
+
+def context_result(task, envelope, attempt, worker_id, started_at: datetime):
+    """The TaskResult a running task sees through ``context.task_result``."""
+    return TaskResult(
+        task=task,
+        id=envelope.id,
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=None,
+        started_at=started_at,
+        finished_at=None,
+        last_attempted_at=started_at,
+        args=envelope.args,
+        kwargs=envelope.kwargs,
+        backend=task.backend,
+        errors=[],
+        worker_ids=[worker_id] * attempt,
+    )

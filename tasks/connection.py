@@ -1,0 +1,40 @@
+"""Redis clients configured from settings, one pool per process and URL.
+
+redis-py retries connection errors ten times with backoff by default. That
+would turn "Redis is down" into a request hanging for many seconds, and a
+silently retried BLMOVE may move a second item while the reply to the first
+was lost. So mqsite's clients retry at most once, without waiting, and the
+worker handles connection errors itself (see Worker.run).
+"""
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .conf import mq_settings
+
+_clients = {}
+
+
+def get_redis(url=None, *, retries=1):
+    url = url or mq_settings.MQ_REDIS_URL
+    timeout = mq_settings.MQ_SOCKET_TIMEOUT
+    cache_key = (url, timeout, retries)
+    client = _clients.get(cache_key)
+    if client is None:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 2.0),
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), retries),
+        )
+        _clients[cache_key] = client
+    return client
+
+
+def reset_clients():
+    """Forget cached clients (after a fork, or when tests move the server)."""
+    for client in _clients.values():
+        client.close()
+    _clients.clear()

@@ -1,0 +1,88 @@
+"""The JSON envelope that carries one task through Redis.
+
+JSON only, never pickle: a message is data, and decoding one can never run
+code. ``decode`` sorts whatever a worker finds on a queue into an envelope,
+a raw payload from a producer that knows nothing of mqsite, or a bad message
+with the reason it is bad.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+# Ids travel into Redis keys, logs and URLs: keep them boring.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    id: str
+    task: str
+    queue: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    enqueued_at: str = ""
+    attempt: int = 1
+
+    def encode(self):
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def next_attempt(self):
+        return Envelope(**{**asdict(self), "attempt": self.attempt + 1})
+
+
+@dataclass(frozen=True)
+class RawPayload:
+    text: str
+
+
+@dataclass(frozen=True)
+class BadMessage:
+    reason: str
+    id: str = ""
+    task: str = ""
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat()
+
+
+def decode(raw, queue_name, max_bytes):
+    """Classify one item taken from a queue; never raises."""
+    if len(raw) > max_bytes:
+        return BadMessage(f"oversized: {len(raw)} bytes > limit {max_bytes}")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return BadMessage("not UTF-8 text")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return RawPayload(text)
+    if not isinstance(data, dict) or "task" not in data:
+        return RawPayload(text)
+    return _envelope_from(data, queue_name)
+
+
+def _envelope_from(data, queue_name):
+    task_id, task = data.get("id"), data.get("task")
+    task_id = task_id if isinstance(task_id, str) and ID_PATTERN.match(task_id) else ""
+    if not isinstance(task, str) or not task:
+        return BadMessage("envelope has no task path", id=task_id)
+    task = task[:255]
+    if not task_id:
+        return BadMessage("envelope has no valid id", task=task)
+    args, kwargs = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return BadMessage("args must be a list and kwargs an object", id=task_id, task=task)
+    attempt = data.get("attempt", 1)
+    return Envelope(
+        id=task_id,
+        task=task,
+        queue=queue_name,
+        args=args,
+        kwargs=kwargs,
+        enqueued_at=str(data.get("enqueued_at", "")),
+        attempt=attempt if isinstance(attempt, int) and attempt > 0 else 1,
+    )

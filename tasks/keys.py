@@ -1,0 +1,63 @@
+"""Every Redis key name mqsite uses, and nowhere else.
+
+A queue's companions wrap the queue key in a hash tag, so that on Redis
+Cluster they share the queue's slot: ``{task:prodcons:queue}:delayed``
+hashes exactly like the brace-less ``task:prodcons:queue`` itself, which
+keeps the classic key name working and lets one Lua script touch them all.
+"""
+
+WORKERS = "mq:workers"  # zset: worker id -> last heartbeat (unix time)
+LISTENERS = "mq:listeners"  # zset: listener id -> last heartbeat
+
+
+def processing(queue_key, worker_id):
+    """List of the items a worker has taken and not yet acknowledged."""
+    return f"{{{queue_key}}}:processing:{worker_id}"
+
+
+def lease(queue_key, worker_id):
+    """Present (with a TTL) while the worker is alive."""
+    return f"{{{queue_key}}}:lease:{worker_id}"
+
+
+def recovered(queue_key):
+    """Items of dead workers, waiting to be run one at a time (see scripts.RECOVER)."""
+    return f"{{{queue_key}}}:recovered"
+
+
+def stats(queue_key):
+    """Hash of counters (outcomes, durations) summed over all workers, for /metrics."""
+    return f"{{{queue_key}}}:stats"
+
+
+def queue_workers(queue_key):
+    """Set of worker ids that may hold a processing list for this queue."""
+    return f"{{{queue_key}}}:workers"
+
+
+def delayed(queue_key):
+    """Sorted set of envelopes scored by the unix time they become due."""
+    return f"{{{queue_key}}}:delayed"
+
+
+def dead(queue_key):
+    """List of items given up on, each wrapped with the reason."""
+    return f"{{{queue_key}}}:dead"
+
+
+def task_ids(queue_key):
+    """Set of task ids somewhere in this queue's keys (the sweeper's index)."""
+    return f"{{{queue_key}}}:ids"
+
+
+def sweep_lock(queue_key):
+    return f"{{{queue_key}}}:sweep-lock"
+
+
+def worker_info(worker_id):
+    """Hash describing a running worker (queues, figures), with a TTL."""
+    return f"mq:worker:{worker_id}"
+
+
+def listener_info(listener_id):
+    return f"mq:listener:{listener_id}"

@@ -1,0 +1,43 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from tasks.conf import mq_settings
+from tasks.envelope import ID_PATTERN
+from tasks.management.process import install_stop_handlers, set_verbosity
+from tasks.worker import Worker
+
+
+class Command(BaseCommand):
+    help = "Run a worker: take tasks from Redis queues, run them, record each outcome."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            metavar="NAME",
+            help="Queue to consume (repeat for several, first has priority). Default: default.",
+        )
+        parser.add_argument("--burst", action="store_true", help="Drain what is queued, then exit 0.")
+        parser.add_argument("--max-tasks", type=int, metavar="N", help="Exit 0 after running N tasks.")
+        parser.add_argument(
+            "--worker-id",
+            metavar="ID",
+            help="Stable id (e.g. the systemd instance). A worker restarted with the same id first "
+            "returns its own leftover in-flight tasks. Default: host-pid.",
+        )
+
+    def handle(self, *args, queues=None, burst=False, max_tasks=None, worker_id=None, verbosity=1, **options):
+        if max_tasks is not None and max_tasks < 1:
+            raise CommandError("--max-tasks must be at least 1.")
+        if worker_id is not None and not ID_PATTERN.match(worker_id):
+            raise CommandError("--worker-id may use letters, digits and _.:- (at most 64).")
+        queues = queues or ["default"]
+        unknown = [q for q in queues if not q.strip()]
+        if unknown:
+            raise CommandError("--queue needs a name.")
+        set_verbosity(verbosity)
+        worker = Worker(queue_names=queues, worker_id=worker_id, burst=burst, max_tasks=max_tasks)
+        install_stop_handlers(worker.request_stop)
+        processed = worker.run()
+        if verbosity > 1:
+            self.stderr.write(f"processed {processed} tasks from {', '.join(mq_settings.queue_key(q) for q in queues)}")

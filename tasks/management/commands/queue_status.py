@@ -1,0 +1,41 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from redis.exceptions import RedisError
+
+from tasks.status import collect_status
+
+
+class Command(BaseCommand):
+    help = "Show queues, workers, listeners and history counts."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="Print the stable JSON document (for scripts and monitoring).")
+
+    def handle(self, *args, json=False, **options):
+        try:
+            status = collect_status()
+        except RedisError as exc:
+            raise CommandError(f"Redis does not answer: {exc}") from None
+        if json:
+            self.stdout.write(_dumps(status))
+            return
+        for name, q in status["queues"].items():
+            self.stdout.write(
+                f"queue {name} ({q['key']}): pending={q['pending']} in_flight={q['in_flight']} "
+                f"delayed={q['delayed']} dead={q['dead']}"
+            )
+        for w in status["workers"]:
+            self.stdout.write(f"worker {w['id']}: queues={','.join(w['queues'])} processed={w['processed']} last_seen={w['last_seen']}")
+        for listener in status["listeners"]:
+            self.stdout.write(
+                f"listener {listener['id']}: channels={','.join(listener.get('channels', []))} "
+                f"received={listener.get('received', 0)} last_seen={listener['last_seen']}"
+            )
+        self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in status["history"].items()))
+        for warning in status.get("warnings", []):
+            self.stderr.write(f"warning: {warning}")
+
+
+def _dumps(value):
+    return json.dumps(value, indent=2, sort_keys=True)

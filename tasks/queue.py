@@ -1,0 +1,187 @@
+"""The reliable queue protocol on one Redis list: push, take, acknowledge.
+
+A producer LPUSHes envelopes; a worker moves items from the tail into its own
+processing list (BLMOVE, or a Lua batch when the queue is deep), and removes
+them only after their outcome is recorded. A worker that dies leaves its items
+in its processing list, and its lease expires; any other worker then moves
+them back. This module knows Redis and nothing of the ORM or HTTP.
+"""
+
+import json
+import time
+
+from redis.exceptions import RedisError
+
+from . import keys, scripts
+from .envelope import now_iso
+
+
+class QueueUnavailable(Exception):
+    """Redis did not accept the work; nothing was queued. Retry later."""
+
+
+class QueueFull(QueueUnavailable):
+    """The queue is at its configured maximum length."""
+
+
+class ReliableQueue:
+    def __init__(self, client, name, key):
+        self.client = client
+        self.name = name
+        self.key = key
+        self.ids_key = keys.task_ids(key)
+        self.delayed_key = keys.delayed(key)
+        self.dead_key = keys.dead(key)
+        self.workers_key = keys.queue_workers(key)
+        self.recovered_key = keys.recovered(key)
+        self.stats_key = keys.stats(key)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._take = client.register_script(scripts.TAKE_BATCH)
+        self._recover = client.register_script(scripts.RECOVER)
+        self._promote = client.register_script(scripts.PROMOTE_DUE)
+
+    # --- producers -------------------------------------------------------
+    def push(self, envelopes, max_length=None):
+        """Queue envelopes atomically; QueueFull or QueueUnavailable if not."""
+        argv = [max_length or 0]
+        for envelope in envelopes:
+            argv += [envelope.id, envelope.encode()]
+        try:
+            length = self._enqueue(keys=[self.key, self.ids_key], args=argv)
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis refused queue {self.name!r}: {exc}") from exc
+        if length == -1:
+            raise QueueFull(f"queue {self.name!r} is full ({max_length} items)")
+        return length
+
+    def schedule(self, envelope, run_at):
+        """Queue an envelope to become due at unix time ``run_at``."""
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.sadd(self.ids_key, envelope.id)
+                pipe.zadd(self.delayed_key, {envelope.encode(): run_at})
+                pipe.execute()
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis refused queue {self.name!r}: {exc}") from exc
+
+    # --- workers ---------------------------------------------------------
+    def take(self, worker_id, max_items, max_bytes):
+        """Take up to max_items at once without blocking.
+
+        Returns (items, oversized_sizes); oversized items are already dead-lettered.
+        """
+        items, oversized = self._take(
+            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key],
+            args=[max_items, max_bytes, now_iso()],
+        )
+        return items, oversized
+
+    def take_blocking(self, worker_id, timeout):
+        """Wait up to ``timeout`` seconds for one item; None if none came."""
+        return self.client.blmove(self.key, keys.processing(self.key, worker_id), timeout, "RIGHT", "LEFT")
+
+    def replace_in_flight(self, worker_id, replacements):
+        """Swap taken raw payloads for the envelopes that now carry them."""
+        processing = keys.processing(self.key, worker_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            for raw, envelope in replacements:
+                pipe.sadd(self.ids_key, envelope.id)
+                pipe.lpush(processing, envelope.encode())
+                pipe.lrem(processing, 1, raw)
+            pipe.execute()
+
+    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None):
+        """Acknowledge taken items in one round trip, once outcomes are recorded.
+
+        done: raw items to drop from the processing list; finished_ids leave the
+        sweeper's index; retries are (envelope, due unix time) pairs for the
+        delayed set; dead are dead-letter entries (dicts); stats are counter
+        increments for /metrics.
+        """
+        processing = keys.processing(self.key, worker_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            for name, amount in (stats or {}).items():
+                if isinstance(amount, float):
+                    pipe.hincrbyfloat(self.stats_key, name, amount)
+                else:
+                    pipe.hincrby(self.stats_key, name, amount)
+            if retries:
+                pipe.zadd(self.delayed_key, {envelope.encode(): due for envelope, due in retries})
+            if dead:
+                pipe.lpush(self.dead_key, *(json.dumps(entry) for entry in dead))
+                pipe.ltrim(self.dead_key, 0, dead_max - 1)
+            if finished_ids:
+                pipe.srem(self.ids_key, *finished_ids)
+            for item in done:
+                pipe.lrem(processing, 1, item)
+            pipe.execute()
+
+    def promote_due(self, now=None, limit=1000):
+        """Move due delayed items onto the queue; return the next due time or None."""
+        next_due = self._promote(keys=[self.delayed_key, self.key], args=[now or time.time(), limit])
+        return float(next_due) if next_due is not None else None
+
+    def register(self, worker_id, lease_seconds):
+        """Renew a worker's lease (and membership) on this queue."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.workers_key, worker_id)
+            pipe.set(keys.lease(self.key, worker_id), "1", px=int(lease_seconds * 1000))
+            pipe.execute()
+
+    def release(self, worker_id):
+        """Return a stopping worker's untouched items to the queue; deregister it."""
+        moved = self._recover_one(worker_id, self.key, force=True)
+        self.client.delete(keys.lease(self.key, worker_id))
+        return moved
+
+    def recover_own(self, worker_id):
+        """At start-up, treat a previous life's leftovers like a dead worker's."""
+        return self._recover_one(worker_id, self.recovered_key, force=True)
+
+    def recover_expired(self, except_worker=None):
+        """Return the in-flight items of every worker whose lease expired."""
+        recovered = {}
+        for raw_id in self.client.smembers(self.workers_key):
+            worker_id = raw_id.decode()
+            if worker_id == except_worker:
+                continue
+            moved = self._recover_one(worker_id, self.recovered_key, force=False)
+            if moved > 0:
+                recovered[worker_id] = moved
+        return recovered
+
+    def _recover_one(self, worker_id, destination, force):
+        return self._recover(
+            keys=[destination, keys.processing(self.key, worker_id), keys.lease(self.key, worker_id), self.workers_key],
+            args=[worker_id, "1" if force else "0"],
+        )
+
+    # --- the sweeper and status -------------------------------------------
+    def known_ids(self, ids):
+        """Which of these task ids Redis holds anywhere in this queue."""
+        if not ids:
+            return set()
+        flags = self.client.smismember(self.ids_key, list(ids))
+        return {task_id for task_id, flag in zip(ids, flags) if flag}
+
+    def counts(self):
+        worker_ids = [w.decode() for w in self.client.smembers(self.workers_key)]
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(self.key)
+            pipe.llen(self.recovered_key)
+            pipe.zcard(self.delayed_key)
+            pipe.llen(self.dead_key)
+            for worker_id in worker_ids:
+                pipe.llen(keys.processing(self.key, worker_id))
+            pending, recovered, delayed, dead, *in_flight = pipe.execute()
+        return {"key": self.key, "pending": pending + recovered, "in_flight": sum(in_flight), "delayed": delayed, "dead": dead}
+
+    def dead_letters(self, start=0, stop=99):
+        return [json.loads(entry) for entry in self.client.lrange(self.dead_key, start, stop)]
+
+    def purge_dead(self):
+        return self.client.delete(self.dead_key)
+
+    def stats(self):
+        return {k.decode(): float(v) for k, v in self.client.hgetall(self.stats_key).items()}
+

@@ -1,0 +1,153 @@
+"""Writes what workers did into the history table, a batch at a time.
+
+The worker hands outcomes here and never touches the ORM itself. Claiming a
+batch is one UPDATE ... RETURNING and finishing one executemany, so a deep
+queue costs two statements per batch, not per task. Every write is guarded
+by the row's status, which is what makes a redelivered task's outcome count
+once: a finished row is never claimed or finished again.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connections, models, router, transaction
+from django.utils import timezone
+
+from .models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    result: object = None
+    error: dict = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
+
+
+class Recorder:
+    def __init__(self, using=None):
+        self.using = using or router.db_for_write(TaskRecord)
+        self.table = TaskRecord._meta.db_table
+
+    @property
+    def connection(self):
+        return connections[self.using]
+
+    def _json_param(self):
+        return "CAST(%s AS jsonb)" if self.connection.vendor == "postgresql" else "%s"
+
+    def _dt(self, value):
+        return self.connection.ops.adapt_datetimefield_value(value)
+
+    def claim(self, ids, worker_id, now=None):
+        """Mark open rows RUNNING and count the attempt; return {id: attempts}.
+
+        Ids with no row, or with a finished one, are left out.
+        """
+        if not ids:
+            return {}
+        now = now or timezone.now()
+        marks = ", ".join(["%s"] * len(ids))
+        sql = (
+            f"UPDATE {self.table} SET status = %s, attempts = attempts + 1, worker = %s, started_at = %s "
+            f"WHERE id IN ({marks}) AND status IN (%s, %s) RETURNING id, attempts"
+        )
+        params = [TaskStatus.RUNNING, worker_id, self._dt(now), *ids, *OPEN_STATUSES]
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return dict(cursor.fetchall())
+
+    def unclaim(self, ids):
+        """Undo the claim of tasks a stopping worker did not get to run."""
+        TaskRecord.objects.using(self.using).filter(id__in=ids, status=TaskStatus.RUNNING).update(
+            status=TaskStatus.READY, attempts=models.F("attempts") - 1
+        )
+
+    def create_missing(self, envelopes, now=None):
+        """Rows for envelopes pushed by someone who wrote none (ignored if present)."""
+        now = now or timezone.now()
+        TaskRecord.objects.using(self.using).bulk_create(
+            [
+                TaskRecord(
+                    id=e.id,
+                    task_path=e.task,
+                    queue=e.queue,
+                    args=e.args,
+                    kwargs=e.kwargs,
+                    enqueued_at=_parse_time(e.enqueued_at) or now,
+                )
+                for e in envelopes
+            ],
+            ignore_conflicts=True,
+        )
+
+    def finish(self, outcomes):
+        """Record successful runs with one executemany."""
+        if not outcomes:
+            return
+        sql = (
+            f"UPDATE {self.table} SET status = %s, started_at = %s, finished_at = %s, "
+            f"result = {self._json_param()} WHERE id = %s AND status IN (%s, %s)"
+        )
+        rows = [
+            (o.status, self._dt(o.started_at), self._dt(o.finished_at), json.dumps(o.result), o.id, *OPEN_STATUSES)
+            for o in outcomes
+        ]
+        with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def fail(self, outcomes):
+        """Record failed runs (the rare path), keeping every attempt's error."""
+        with transaction.atomic(using=self.using):
+            for outcome in outcomes:
+                record = TaskRecord.objects.using(self.using).filter(id=outcome.id).first()
+                if record is None or record.status in FINAL_STATUSES:
+                    continue
+                record.status = outcome.status
+                record.errors = [*record.errors, outcome.error]
+                record.error = f"{outcome.error['exception']}\n{outcome.error['traceback']}".strip()
+                record.started_at = outcome.started_at
+                if outcome.status in FINAL_STATUSES:
+                    record.finished_at = outcome.finished_at
+                record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+
+    def record_bad(self, bad_messages, queue_name, worker_id, now=None):
+        """History rows for messages that could not be run at all (DEAD)."""
+        now = now or timezone.now()
+        TaskRecord.objects.using(self.using).bulk_create(
+            [
+                TaskRecord(
+                    id=bad.id,
+                    task_path=bad.task or "(unreadable message)",
+                    queue=queue_name,
+                    status=TaskStatus.DEAD,
+                    worker=worker_id,
+                    enqueued_at=now,
+                    finished_at=now,
+                    error=bad.reason,
+                    errors=[{"exception": "mqsite.BadMessage", "traceback": bad.reason, "worker": worker_id}],
+                )
+                for bad in bad_messages
+            ],
+            ignore_conflicts=True,
+        )
+        # A message for a row that exists (say, its task was removed from the
+        # code since) must still end that row, or the sweeper would resend it.
+        for bad in bad_messages:
+            TaskRecord.objects.using(self.using).filter(id=bad.id, status__in=OPEN_STATUSES).update(
+                status=TaskStatus.DEAD, worker=worker_id, finished_at=now, error=bad.reason
+            )
+
+
+def _parse_time(value):
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)

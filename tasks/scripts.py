@@ -1,0 +1,100 @@
+"""Lua scripts of the reliable queue.
+
+Each one exists because its steps must happen atomically, or in one round
+trip where a pipeline cannot express a loop. All keys of a script belong to
+one queue and share its hash slot (see keys.py), so they run on Redis Cluster.
+"""
+
+# Why: a producer's push and the sweeper's index must never disagree, and
+# "queue full" must be decided atomically with the push.
+ENQUEUE = """
+-- KEYS[1] = queue list
+-- KEYS[2] = task id set (the sweeper's index)
+-- ARGV[1] = maximum queue length, 0 for unbounded
+-- ARGV[2..] = id, envelope, id, envelope, ...
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('LLEN', KEYS[1]) + (#ARGV - 1) / 2 > limit then
+  return -1
+end
+for i = 2, #ARGV, 2 do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+end
+return redis.call('LLEN', KEYS[1])
+"""
+
+# Why: a deep queue drains in batches, one round trip for many items. Items
+# over the size limit go straight to the dead list inside Redis, so a worker
+# never holds them in memory; only their sizes come back. An item recovered
+# from a dead worker is taken alone: if it is what killed that worker, it
+# must not take a batch of innocent tasks down with it again.
+TAKE_BATCH = """
+-- KEYS[1] = queue list
+-- KEYS[2] = this worker's processing list
+-- KEYS[3] = dead-letter list
+-- KEYS[4] = recovered list (items of dead workers)
+-- ARGV[1] = most items to take
+-- ARGV[2] = largest item in bytes
+-- ARGV[3] = ISO time, for the dead-letter entry
+local items, oversized = {}, {}
+local limit = tonumber(ARGV[2])
+local source, count = KEYS[1], tonumber(ARGV[1])
+if redis.call('LLEN', KEYS[4]) > 0 then
+  source, count = KEYS[4], 1
+end
+for i = 1, count do
+  local item = redis.call('LMOVE', source, KEYS[2], 'RIGHT', 'LEFT')
+  if not item then break end
+  if #item > limit then
+    redis.call('LPOP', KEYS[2])
+    redis.call('LPUSH', KEYS[3], cjson.encode({
+      reason = 'oversized: ' .. #item .. ' bytes > limit ' .. limit,
+      at = ARGV[3],
+      item = string.sub(item, 1, 1024)}))
+    oversized[#oversized + 1] = #item
+  else
+    items[#items + 1] = item
+  end
+end
+return {items, oversized}
+"""
+
+# Why: two workers may both notice that a third one died; only one of them
+# must move its in-flight items back, and only if the lease is really gone.
+# A dead worker's items go to the recovered list (taken one at a time); a
+# worker stopping gracefully returns its untouched items to the queue itself.
+RECOVER = """
+-- KEYS[1] = destination list (the recovered list, or the queue)
+-- KEYS[2] = the worker's processing list
+-- KEYS[3] = the worker's lease
+-- KEYS[4] = the queue's worker set
+-- ARGV[1] = worker id
+-- ARGV[2] = '1' to recover even with a live lease (a worker's own list)
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return -1
+end
+local moved = 0
+-- Newest first onto the tail, so the oldest in-flight item is taken first.
+while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+redis.call('SREM', KEYS[4], ARGV[1])
+return moved
+"""
+
+# Why: moving due items and removing them from the set must be one step, or
+# two workers promoting at once would run a task twice.
+PROMOTE_DUE = """
+-- KEYS[1] = delayed sorted set
+-- KEYS[2] = queue list
+-- ARGV[1] = now (unix seconds)
+-- ARGV[2] = most items to move
+-- Returns the due time of the earliest item left, or false.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, item in ipairs(due) do
+  redis.call('ZREM', KEYS[1], item)
+  redis.call('LPUSH', KEYS[2], item)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return nxt[2]
+"""

@@ -1,0 +1,50 @@
+"""Figures about queues, workers, listeners and history, for queue_status,
+the index page and /api/stats."""
+
+from django.db.models import Count
+from redis.exceptions import ResponseError
+
+from . import presence
+from .backend import queue_for
+from .conf import mq_settings
+from .connection import get_redis
+from .models import TaskRecord, TaskStatus
+
+
+def queue_names():
+    return list(dict.fromkeys([*mq_settings.MQ_QUEUES, *_configured_queue_names()]))
+
+
+def _configured_queue_names():
+    from django.conf import settings
+
+    return [q for backend in getattr(settings, "TASKS", {}).values() for q in backend.get("QUEUES", [])]
+
+
+def history_counts():
+    counts = dict.fromkeys(TaskStatus.values, 0)
+    for row in TaskRecord.objects.values("status").annotate(n=Count("id")).order_by():
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def collect_status():
+    client = get_redis()
+    return {
+        "queues": {name: queue_for(name).counts() for name in queue_names()},
+        "workers": presence.active(client, "worker"),
+        "listeners": presence.active(client, "listener"),
+        "history": history_counts(),
+        "warnings": redis_warnings(client),
+    }
+
+
+def redis_warnings(client):
+    """Server settings that could silently drop queued tasks."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except ResponseError:  # CONFIG is disabled on some managed services
+        return []
+    if policy not in ("noeviction",) and not policy.startswith("volatile"):
+        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys. Use noeviction."]
+    return []

@@ -1,0 +1,496 @@
+"""The queue worker: a plain class that ``listen_queue`` runs.
+
+One loop, one task at a time. When a queue is deep the worker takes a batch
+in one round trip and records it with two statements; when it is shallow it
+blocks in BLMOVE and runs each task as it arrives. The batch size follows
+the tasks' speed, so fast tasks drain in bulk and slow ones are never
+hoarded by one worker. Outcomes are recorded before the items leave the
+processing list: a worker killed at any point loses nothing.
+
+Signal handlers only set ``stopping``; the loop notices it between tasks.
+"""
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import replace
+
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from . import presence, registry
+from .backend import context_result, new_task_id, to_json
+from .compat import TaskContext
+from .conf import mq_settings
+from .connection import get_redis
+from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso
+from .faults import fault_point
+from .models import TaskStatus
+from .queue import ReliableQueue
+from .recorder import Outcome, Recorder
+from .sdnotify import SystemdNotifier
+from .sweeper import sweep
+
+logger = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
+
+
+class TaskTimeLimitExceeded(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, queue_names=None, worker_id=None, burst=False, max_tasks=None, recorder=None, notifier=None):
+        self.queue_names = list(queue_names or ["default"])
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.burst = burst
+        self.max_tasks = max_tasks
+        self.client = get_redis(retries=0)
+        self.queues = [ReliableQueue(self.client, name, mq_settings.queue_key(name)) for name in self.queue_names]
+        self.recorder = recorder or Recorder()
+        self.notifier = notifier or SystemdNotifier()
+        self.stopping = False
+        self.processed = 0
+        self.failed = 0
+        self.current = None  # (envelope, monotonic start) of the running task
+        self.batch_size = 1
+        self._next_promote = 0.0
+        self._soonest_due = None
+        self._next_recover = 0.0
+        self._next_sweep = 0.0
+        self._turn = 0
+        self._redis_failing = False
+        self._exit = threading.Event()
+        self._heartbeat_thread = None
+
+    def request_stop(self):
+        """Safe to call from a signal handler: finish the current task, then stop."""
+        self.stopping = True
+
+    # --- the loop --------------------------------------------------------
+    def run(self):
+        if not self._wait_until_ready():
+            return self.processed
+        try:
+            while not self.stopping and not self._reached_max():
+                self.notifier.watchdog()
+                fault_point("loop")
+                try:
+                    self._maintain()
+                    taken = self._take()
+                    if taken is None:
+                        break
+                    if taken[1]:
+                        self._process(*taken)
+                    if self._redis_failing:
+                        logger.warning("event=redis_back worker=%s", self.worker_id)
+                        self._redis_failing = False
+                except RedisError as exc:
+                    self._redis_trouble(exc)
+        finally:
+            self._shutdown()
+        return self.processed
+
+    def _reached_max(self):
+        return self.max_tasks is not None and self.processed >= self.max_tasks
+
+    def _wait_until_ready(self):
+        """Start once Redis and the database answer, returning earlier leftovers."""
+        delay = 0.1
+        while not self.stopping:
+            try:
+                self.client.ping()
+                self._db(lambda: connections[self.recorder.using].ensure_connection())
+                for queue in self.queues:
+                    moved = queue.recover_own(self.worker_id)
+                    if moved:
+                        logger.warning("event=recovered_own worker=%s queue=%s items=%d", self.worker_id, queue.name, moved)
+                self._heartbeat()
+                break
+            except RedisError as exc:
+                self._log_redis_down(exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self.stopping:
+            return False
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="mq-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        logger.info("event=worker_start worker=%s queues=%s pid=%d", self.worker_id, ",".join(self.queue_names), os.getpid())
+        self.notifier.ready(self._status())
+        return True
+
+    def _maintain(self):
+        """Periodic chores: promote due retries, recover dead workers, sweep."""
+        now = time.time()
+        if now >= self._next_promote:
+            dues = [due for due in (queue.promote_due(now) for queue in self.queues) if due is not None]
+            self._soonest_due = min(dues, default=None)
+            self._next_promote = min(dues + [now + mq_settings.MQ_BLOCK_SECONDS])
+        if now >= self._next_recover:
+            self._next_recover = now + mq_settings.MQ_LEASE_SECONDS / 2
+            for queue in self.queues:
+                for dead_worker, moved in queue.recover_expired(except_worker=self.worker_id).items():
+                    logger.warning(
+                        "event=recovered worker=%s dead_worker=%s queue=%s items=%d",
+                        self.worker_id,
+                        dead_worker,
+                        queue.name,
+                        moved,
+                    )
+        if now >= self._next_sweep:
+            interval = mq_settings.MQ_SWEEP_INTERVAL_SECONDS
+            self._next_sweep = now + interval
+            for queue in self.queues:
+                self._db(sweep, queue, mq_settings.MQ_SWEEP_GRACE_SECONDS, interval)
+
+    def _take(self):
+        """(queue, items) to process; None when a burst run is done."""
+        limit = self.batch_size
+        if self.max_tasks is not None:
+            limit = max(1, min(limit, self.max_tasks - self.processed))
+        for queue in self.queues:
+            items, oversized = queue.take(self.worker_id, limit, mq_settings.MQ_MAX_MESSAGE_BYTES)
+            if oversized:
+                self._record_bad(queue, [BadMessage(f"oversized: {size} bytes") for size in oversized])
+            if items or oversized:
+                return queue, items
+        timeout = mq_settings.MQ_BLOCK_SECONDS
+        if self.burst:
+            # A burst run waits only for retries falling due within one block.
+            self._next_promote = 0.0
+            self._maintain()
+            if self._soonest_due is None or self._soonest_due - time.time() > timeout:
+                return None
+        queue = self.queues[self._turn % len(self.queues)]
+        self._turn += 1
+        timeout = min(timeout, max(self._next_promote - time.time(), 0.01))
+        item = queue.take_blocking(self.worker_id, timeout)
+        return queue, [item] if item is not None else []
+
+    # --- one batch ---------------------------------------------------------
+    def _process(self, queue, items):
+        fault_point("after_take")
+        batch_started = time.monotonic()
+        runnable, bad, replacements, seen = [], [], [], set()
+        for raw in items:
+            message = self._classify(raw, queue.name)
+            if isinstance(message, tuple):  # a raw payload, now wrapped in an envelope
+                replacements.append((raw, message[1]))
+                message = message[1]
+                raw = message.encode()
+            if isinstance(message, BadMessage):
+                bad.append((raw, message))
+            elif message.id in seen:
+                bad.append((raw, None))  # the same delivery twice in one batch: run it once
+            else:
+                seen.add(message.id)
+                runnable.append((raw, message))
+        if replacements:
+            queue.replace_in_flight(self.worker_id, replacements)
+
+        attempts = self._claim([envelope for _, envelope in runnable])
+        ack = Ack()
+        for raw, message in bad:
+            ack.done.append(raw)
+            if message is not None:
+                ack.dead.append(self._dead_entry(raw, message.reason, message.id, message.task))
+                ack.finished_ids.append(message.id)
+        if bad:
+            self._record_bad(queue, [m for _, m in bad if m is not None])
+
+        unrun = []
+        for raw, envelope in runnable:
+            attempt = attempts.get(envelope.id)
+            if self.stopping:
+                if attempt is not None:
+                    unrun.append(envelope.id)
+                continue
+            ack.done.append(raw)
+            if attempt is None:  # finished already: a duplicate delivery
+                ack.finished_ids.append(envelope.id)
+                continue
+            outcome = self._run_or_give_up(envelope, attempt)
+            self._settle(queue, raw, envelope, attempt, outcome, ack)
+
+        self._db(self.recorder.finish, ack.successes)
+        if ack.failures:
+            self._db(self.recorder.fail, ack.failures)
+        if unrun:
+            self._db(self.recorder.unclaim, unrun)
+        fault_point("after_record")
+        queue.ack(
+            self.worker_id,
+            ack.done,
+            ack.finished_ids,
+            ack.retries,
+            ack.dead,
+            dead_max=mq_settings.MQ_DEAD_LETTER_MAX,
+            stats=ack.stats,
+        )
+        self._adapt_batch_size(len(runnable) - len(unrun), time.monotonic() - batch_started)
+
+    def _classify(self, raw, queue_name):
+        message = decode(raw, queue_name, mq_settings.MQ_MAX_MESSAGE_BYTES)
+        if isinstance(message, RawPayload):
+            raw_task = mq_settings.MQ_RAW_MESSAGE_TASKS.get(queue_name)
+            if not raw_task or registry.get(raw_task) is None:
+                return BadMessage(f"not an mqsite envelope, and queue {queue_name!r} has no raw-message task", id=new_task_id())
+            envelope = Envelope(id=new_task_id(), task=raw_task, queue=queue_name, args=[message.text], enqueued_at=now_iso())
+            return ("raw", envelope)
+        if isinstance(message, Envelope) and registry.get(message.task) is None:
+            return BadMessage(f"unknown task {message.task!r}: not registered with @task", id=message.id, task=message.task)
+        if isinstance(message, BadMessage) and not message.id:
+            return replace(message, id=new_task_id())
+        return message
+
+    def _claim(self, envelopes):
+        if not envelopes:
+            return {}
+        ids = [envelope.id for envelope in envelopes]
+        attempts = self._db(self.recorder.claim, ids, self.worker_id)
+        missing = [envelope for envelope in envelopes if envelope.id not in attempts]
+        if missing:
+            # Pushed by a producer that wrote no row (the sweeper's resend of a
+            # finished task is told apart by its row being final already).
+            self._db(self.recorder.create_missing, missing)
+            attempts.update(self._db(self.recorder.claim, [e.id for e in missing], self.worker_id))
+        return attempts
+
+    def _run_or_give_up(self, envelope, attempt):
+        limit = mq_settings.task_option(envelope.task, "max_attempts")
+        now = timezone.now()
+        if attempt > limit:
+            error = f"gave up after {attempt - 1} attempts; the last ones never finished (the worker was lost)"
+            return Outcome(envelope.id, TaskStatus.DEAD, now, now, error=self._error("mqsite.WorkerLost", error, attempt))
+        return self._run(registry.get(envelope.task), envelope, attempt)
+
+    def _run(self, task, envelope, attempt):
+        started_at = timezone.now()
+        self.current = (envelope, time.monotonic())
+        try:
+            with time_limit(mq_settings.task_option(envelope.task, "time_limit")):
+                if task.takes_context:
+                    context = TaskContext(task_result=context_result(task, envelope, attempt, self.worker_id, started_at))
+                    value = task.call(context, *envelope.args, **envelope.kwargs)
+                else:
+                    value = task.call(*envelope.args, **envelope.kwargs)
+                result = to_json(value)
+            return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, timezone.now(), result=result)
+        except Exception as exc:
+            error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
+            return Outcome(envelope.id, TaskStatus.FAILED, started_at, timezone.now(), error=error)
+        finally:
+            self.current = None
+            fault_point("after_run")
+
+    def _settle(self, queue, raw, envelope, attempt, outcome, ack):
+        """Decide what an outcome means for the queue, and log it."""
+        duration = (outcome.finished_at - outcome.started_at).total_seconds()
+        self.processed += 1
+        if outcome.status == TaskStatus.SUCCESSFUL:
+            ack.successes.append(outcome)
+            ack.finished_ids.append(envelope.id)
+            verdict = "succeeded"
+        elif outcome.status == TaskStatus.FAILED and attempt < mq_settings.task_option(envelope.task, "max_attempts"):
+            outcome.status = TaskStatus.READY
+            delay = retry_delay(attempt)
+            ack.failures.append(outcome)
+            ack.retries.append((envelope.next_attempt(), time.time() + delay))
+            verdict = f"retried={delay:.2f}s"
+        else:
+            self.failed += 1
+            ack.failures.append(outcome)
+            ack.finished_ids.append(envelope.id)
+            ack.dead.append(self._dead_entry(raw, outcome.error["exception"], envelope.id, envelope.task))
+            verdict = "dead" if outcome.status == TaskStatus.DEAD else "failed"
+        ack.count(verdict.partition("=")[0], duration)
+        log = logger.info if outcome.status == TaskStatus.SUCCESSFUL else logger.warning
+        log(
+            "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s",
+            envelope.id,
+            envelope.task,
+            queue.name,
+            self.worker_id,
+            attempt,
+            duration,
+            verdict,
+        )
+
+    def _adapt_batch_size(self, ran, seconds):
+        if ran:
+            per_task = max(seconds / ran, 1e-6)
+            target = mq_settings.MQ_BATCH_TARGET_SECONDS
+            self.batch_size = max(1, min(mq_settings.MQ_MAX_BATCH, int(target / per_task)))
+
+    def _record_bad(self, queue, messages):
+        messages = [m if m.id else replace(m, id=new_task_id()) for m in messages]
+        for message in messages:
+            logger.warning("event=bad_message queue=%s worker=%s task_id=%s reason=%r", queue.name, self.worker_id, message.id, message.reason)
+        self._db(self.recorder.record_bad, messages, queue.name, self.worker_id)
+
+    def _dead_entry(self, raw, reason, task_id, task_path):
+        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        return {"reason": reason, "id": task_id, "task": task_path, "worker": self.worker_id, "at": now_iso(), "item": text}
+
+    def _error(self, exception, trace, attempt):
+        return {"exception": exception, "traceback": trace, "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+
+    # --- outages -----------------------------------------------------------
+    def _db(self, fn, *args):
+        """Call fn until the database takes it: an outage pauses the worker.
+
+        The items stay in the processing list under a live lease meanwhile, so
+        nothing is lost and nobody else runs them.
+        """
+        delay = 0.1
+        failing = False
+        while True:
+            try:
+                result = fn(*args)
+                if failing:
+                    logger.warning("event=db_back worker=%s", self.worker_id)
+                return result
+            except (OperationalError, InterfaceError) as exc:
+                if not failing:
+                    logger.error("event=db_down worker=%s error=%r", self.worker_id, str(exc).strip())
+                failing = True
+                for conn in connections.all(initialized_only=True):
+                    conn.close_if_unusable_or_obsolete()
+                    if not conn.in_atomic_block:
+                        conn.close()
+                self.notifier.watchdog()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _redis_trouble(self, exc):
+        """Back off quietly; items taken before the error go back to the queue."""
+        self._log_redis_down(exc)
+        self._redis_failing = True
+        time.sleep(min(5.0, 0.1 * 2 ** min(getattr(self, "_redis_errors", 0), 6)))
+        self._redis_errors = getattr(self, "_redis_errors", 0) + 1
+        try:
+            for queue in self.queues:
+                queue.release(self.worker_id)
+                queue.register(self.worker_id, mq_settings.MQ_LEASE_SECONDS)
+            self._redis_errors = 0
+        except RedisError:
+            pass
+
+    def _log_redis_down(self, exc):
+        if not self._redis_failing:
+            logger.error("event=redis_down worker=%s error=%r", self.worker_id, str(exc))
+        self._redis_failing = True
+
+    # --- liveness ----------------------------------------------------------
+    def _heartbeat(self):
+        for queue in self.queues:
+            queue.register(self.worker_id, mq_settings.MQ_LEASE_SECONDS)
+        current = self.current
+        info = {
+            "queues": self.queue_names,
+            "processed": self.processed,
+            "failed": self.failed,
+            "current": current[0].task if current else None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        presence.announce(self.client, "worker", self.worker_id, info, mq_settings.MQ_LEASE_SECONDS * 3)
+
+    def _heartbeat_loop(self):
+        """Renew the lease while the main thread runs long tasks.
+
+        It feeds the systemd watchdog only on behalf of a task still inside its
+        time limit; a main loop stuck anywhere else stops the pings.
+        """
+        interval = mq_settings.MQ_LEASE_SECONDS / 3
+        next_beat = time.monotonic() + interval
+        told_stopping = False
+        while not self._exit.wait(0.25):
+            if self.stopping and not told_stopping:
+                self.notifier.stopping()
+                told_stopping = True
+            current = self.current
+            if current is not None:
+                limit = mq_settings.task_option(current[0].task, "time_limit")
+                if limit is None or time.monotonic() - current[1] < limit + 5:
+                    self.notifier.watchdog()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + interval
+                try:
+                    self._heartbeat()
+                    self.notifier.status(self._status())
+                except RedisError:
+                    pass  # the main loop reports Redis outages
+
+    def _status(self):
+        current = self.current
+        return f"processed={self.processed} failed={self.failed} current={current[0].task if current else '-'}"
+
+    def _shutdown(self):
+        self._exit.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=2)
+        self.notifier.stopping()
+        try:
+            for queue in self.queues:
+                queue.release(self.worker_id)
+            presence.withdraw(self.client, "worker", self.worker_id)
+        except RedisError as exc:
+            logger.warning("event=release_failed worker=%s error=%r (the lease will expire)", self.worker_id, str(exc))
+        close_old_connections()
+        logger.info("event=worker_stop worker=%s processed=%d failed=%d", self.worker_id, self.processed, self.failed)
+
+
+class Ack:
+    """What one batch hands back to Redis and the database."""
+
+    def __init__(self):
+        self.done, self.finished_ids, self.retries, self.dead = [], [], [], []
+        self.successes, self.failures = [], []
+        self.stats = {}
+
+    def count(self, verdict, duration):
+        bucket = next(b for b in DURATION_BUCKETS if duration <= b)
+        for name, amount in ((f"outcome:{verdict}", 1), (f"duration_bucket:{bucket}", 1), ("duration_sum", duration)):
+            self.stats[name] = self.stats.get(name, 0) + amount
+
+
+def retry_delay(attempt):
+    """Exponential backoff with jitter: half fixed, half random."""
+    base = min(mq_settings.MQ_RETRY_MAX_SECONDS, mq_settings.MQ_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    return base / 2 + random.uniform(0, base / 2)
+
+
+@contextmanager
+def time_limit(seconds):
+    """Interrupt the task with TaskTimeLimitExceeded after ``seconds``.
+
+    SIGALRM interrupts Python code and most blocking calls; it needs the main
+    thread, so elsewhere (tests driving a Worker in a thread) no limit applies.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TaskTimeLimitExceeded(f"task exceeded its time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _traceback(exc):
+    return "".join(traceback.format_exception(exc))

@@ -1,0 +1,35 @@
+import pytest
+
+from tasks.connection import reset_clients
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real Redis server for the session, on a free loopback port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(autouse=True)
+def redis_url(request, settings):
+    """Point mqsite at the suite's server, emptied before each test."""
+    if "no_redis" in request.keywords:
+        yield None
+        return
+    server = request.getfixturevalue("redis_server")
+    if server.process is None:
+        server.start()
+    server.client().flushall()
+    settings.MQ_REDIS_URL = server.url
+    reset_clients()
+    yield server.url
+    reset_clients()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_server.client()
+    yield client
+    client.close()

@@ -1,0 +1,104 @@
+"""The worker loop driven in-process (burst mode) against the real Redis server."""
+
+import json
+
+import pytest
+
+from tasks import keys
+from tasks.backend import queue_for
+from tasks.models import TaskRecord, TaskStatus
+from tasks.tasks import add, always_fails, cook_dish, report_attempt
+from tasks.worker import Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def drain(**kwargs):
+    return Worker(burst=True, worker_id="test-worker", **kwargs).run()
+
+
+def test_enqueue_then_burst_records_success():
+    result = add.enqueue(2, 3)
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.status == TaskStatus.READY
+    assert drain() == 1
+    row.refresh_from_db()
+    assert (row.status, row.result, row.attempts, row.worker) == (TaskStatus.SUCCESSFUL, 5, 1, "test-worker")
+    fetched = add.get_result(result.id)
+    assert fetched.return_value == 5 and fetched.attempts == 1
+
+
+def test_context_sees_id_and_attempt():
+    result = report_attempt.enqueue()
+    drain()
+    assert TaskRecord.objects.get(id=result.id).result == {"id": result.id, "attempt": 1}
+
+
+def test_failing_task_retries_then_fails_with_every_error(redis_client):
+    result = always_fails.enqueue("boom")
+    drain()
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.status == TaskStatus.FAILED
+    assert row.attempts == 3
+    assert [e["attempt"] for e in row.errors] == [1, 2, 3]
+    assert "RuntimeError: boom" in row.error
+    dead = queue_for("default").dead_letters()
+    assert [d["id"] for d in dead] == [result.id]
+    assert redis_client.llen("task:prodcons:queue") == 0
+
+
+def test_raw_seed_payload_runs_raw_task(redis_client):
+    redis_client.lpush("task:prodcons:queue", "5")
+    drain()
+    row = TaskRecord.objects.get()
+    assert row.task_path == "tasks.tasks.cook_dish"
+    assert row.status == TaskStatus.SUCCESSFUL
+    assert row.result == {"number": 5, "dish": "tagine"}
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\xff\xfe not utf-8", "not UTF-8"),
+        (json.dumps({"id": "abc", "task": "os.system", "args": ["echo hi"]}), "unknown task"),
+        (json.dumps({"id": "abd", "task": "tasks.tasks.add", "args": {"a": 1}}), "args must be a list"),
+        (json.dumps({"task": "tasks.tasks.add"}), "no valid id"),
+    ],
+)
+def test_bad_messages_are_dead_lettered_and_worker_goes_on(redis_client, payload, reason):
+    redis_client.lpush("task:prodcons:queue", payload)
+    good = add.enqueue(1, 1)
+    drain()
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    bad = TaskRecord.objects.exclude(id=good.id).get()
+    assert bad.status == TaskStatus.DEAD and reason in bad.error
+    [entry] = queue_for("default").dead_letters()
+    assert reason in entry["reason"]
+
+
+def test_oversized_item_is_dead_lettered_unread(redis_client, settings):
+    settings.MQ_MAX_MESSAGE_BYTES = 1000
+    redis_client.lpush("task:prodcons:queue", "x" * 5000)
+    good = add.enqueue(1, 2)
+    drain()
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    assert TaskRecord.objects.filter(status=TaskStatus.DEAD, error__contains="oversized").count() == 1
+
+
+def test_duplicate_delivery_of_finished_task_does_not_run_again(redis_client):
+    result = add.enqueue(1, 2)
+    raw = redis_client.lindex("task:prodcons:queue", 0)
+    drain()
+    redis_client.lpush("task:prodcons:queue", raw)
+    assert drain() == 0
+    row = TaskRecord.objects.get(id=result.id)
+    assert (row.status, row.attempts) == (TaskStatus.SUCCESSFUL, 1)
+    assert redis_client.llen(keys.processing("task:prodcons:queue", "test-worker")) == 0
+
+
+def test_batches_when_queue_is_deep():
+    cook_dish.get_backend().enqueue_many(add, [((i, i), {}) for i in range(500)])
+    worker = Worker(burst=True, worker_id="batcher")
+    assert worker.run() == 500
+    assert worker.batch_size > 1
+    assert TaskRecord.objects.filter(status=TaskStatus.SUCCESSFUL).count() == 500
