@@ -9,12 +9,12 @@ the committed row is delivered later by the sweeper.
 
 import json
 import logging
+import secrets
 from datetime import datetime
 from functools import partial
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
-from django.utils.crypto import get_random_string
 
 from . import registry
 from .compat import BaseTaskBackend, TaskError, TaskResult, TaskResultDoesNotExist, TaskResultStatus
@@ -23,6 +23,7 @@ from .connection import get_redis
 from .envelope import Envelope
 from .models import TaskRecord, TaskStatus
 from .queue import QueueUnavailable, ReliableQueue
+from .recorder import Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def queue_for(queue_name):
 
 
 def new_task_id():
-    return get_random_string(32)
+    return secrets.token_urlsafe(24)  # 32 characters
 
 
 def to_json(value):
@@ -53,7 +54,6 @@ class RedisTaskBackend(BaseTaskBackend):
         registry.register(task)
 
     def enqueue(self, task, args, kwargs):
-        self.validate_task(task)
         return self.enqueue_many(task, [(args, kwargs)])[0]
 
     def enqueue_many(self, task, calls):
@@ -71,33 +71,36 @@ class RedisTaskBackend(BaseTaskBackend):
             )
             for args, kwargs in calls
         ]
-        records = [
-            TaskRecord(
-                id=e.id,
-                task_path=e.task,
-                queue=e.queue,
-                backend=self.alias,
-                args=e.args,
-                kwargs=e.kwargs,
-                enqueued_at=now,
-                run_after=task.run_after,
-            )
-            for e in envelopes
-        ]
-        db = router.db_for_write(TaskRecord)
-        TaskRecord.objects.using(db).bulk_create(records)
+        recorder = Recorder()
+        recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
         deliver = partial(self._deliver, task.queue_name, envelopes, task.run_after)
-        if transaction.get_connection(db).in_atomic_block:
+        if recorder.connection.in_atomic_block:
             # robust: a Redis outage at commit time is logged, the rows stay
             # READY, and the sweeper delivers them once Redis is back.
-            transaction.on_commit(deliver, using=db, robust=True)
+            transaction.on_commit(deliver, using=recorder.using, robust=True)
         else:
             try:
                 deliver()
             except QueueUnavailable:
-                TaskRecord.objects.using(db).filter(id__in=[e.id for e in envelopes]).delete()
+                recorder.delete([e.id for e in envelopes])
                 raise
-        return [self._result(task, record) for record in records]
+        return [
+            TaskResult(
+                task=task,
+                id=e.id,
+                status=TaskResultStatus.READY,
+                enqueued_at=now,
+                started_at=None,
+                finished_at=None,
+                last_attempted_at=None,
+                args=e.args,
+                kwargs=e.kwargs,
+                backend=self.alias,
+                errors=[],
+                worker_ids=[],
+            )
+            for e in envelopes
+        ]
 
     def _deliver(self, queue_name, envelopes, run_after):
         queue = queue_for(queue_name)

@@ -57,6 +57,12 @@ def check_settings(app_configs, **kwargs):
                 errors.append(
                     Error(f"MQ_RAW_MESSAGE_TASKS[{queue!r}] = {path!r} is not a registered task.", id="mqsite.E_RAW_TASK")
                 )
+    return errors
+
+
+@register("mqsite", deploy=True)
+def check_deploy(app_configs, **kwargs):
+    errors = []
     if not mq_settings.MQ_API_TOKENS:
         errors.append(
             Warning(

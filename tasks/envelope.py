@@ -26,7 +26,18 @@ class Envelope:
     attempt: int = 1
 
     def encode(self):
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(
+            {
+                "id": self.id,
+                "task": self.task,
+                "queue": self.queue,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "enqueued_at": self.enqueued_at,
+                "attempt": self.attempt,
+            },
+            separators=(",", ":"),
+        )
 
     def next_attempt(self):
         return Envelope(**{**asdict(self), "attempt": self.attempt + 1})

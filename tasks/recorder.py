@@ -45,6 +45,30 @@ class Recorder:
     def _dt(self, value):
         return self.connection.ops.adapt_datetimefield_value(value)
 
+    def insert_enqueued(self, envelopes, backend_alias, now, run_after=None):
+        """The rows of newly enqueued tasks (READY): one statement, no ORM
+        objects, as this is on every producer's path."""
+        json_param = self._json_param()
+        sql = (
+            f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
+            f"enqueued_at, run_after, error, errors) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
+            f"%s, %s, '', {json_param})"
+        )
+        enqueued_at, due = self._dt(now), self._dt(run_after) if run_after else None
+        rows = [
+            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]")
+            for e in envelopes
+        ]
+        with self.connection.cursor() as cursor:
+            if len(rows) == 1:
+                cursor.execute(sql, rows[0])
+            else:
+                with transaction.atomic(using=self.using):
+                    cursor.executemany(sql, rows)
+
+    def delete(self, ids):
+        TaskRecord.objects.using(self.using).filter(id__in=ids).delete()
+
     def claim(self, ids, worker_id, now=None):
         """Mark open rows RUNNING and count the attempt; return {id: attempts}.
 
