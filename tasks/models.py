@@ -50,3 +50,62 @@ class TaskRecord(models.Model):
     @property
     def is_finished(self):
         return self.status in FINAL_STATUSES
+
+
+class PublishedMessage(models.Model):
+    """One row per broadcast, written by tasks.pubsub.publish.
+
+    ``receivers`` is what Redis answered to PUBLISH: the subscriptions that
+    got the message at that instant, not a promise that anyone handled it.
+    """
+
+    channel = models.CharField(max_length=255, db_index=True)
+    payload = models.TextField(help_text="Exactly the text sent to Redis.")
+    digest = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the payload, to find its receipts.")
+    published_at = models.DateTimeField(db_index=True)
+    receivers = models.PositiveIntegerField(default=0, help_text="Subscriptions Redis delivered the message to.")
+    publisher = models.CharField(max_length=150, blank=True, help_text='Who published: "user:<name>", "api:<token name>", "command".')
+
+    class Meta:
+        ordering = ["-published_at", "-id"]
+        indexes = [models.Index(fields=["channel", "digest", "published_at"], name="published_by_digest")]
+
+    def __str__(self):
+        return f"{self.channel} @ {self.published_at:%Y-%m-%d %H:%M:%S} -> {self.receivers}"
+
+
+class ReceivedMessage(models.Model):
+    """One row per message per listener, written by tasks.listener.
+
+    ``published`` points at the PublishedMessage it came from when mqsite
+    published it; messages from other publishers (``redis-cli PUBLISH``)
+    have none. See tasks/receipts.py for how the two are matched without
+    adding anything to the message on the wire.
+    """
+
+    listener = models.CharField(max_length=100, db_index=True)
+    channel = models.CharField(max_length=255, db_index=True)
+    pattern = models.CharField(max_length=255, blank=True, help_text="The pattern subscription that matched, if any.")
+    payload = models.TextField(help_text="The message as text (invalid UTF-8 bytes backslash-escaped).")
+    digest = models.CharField(max_length=64, editable=False)
+    is_json = models.BooleanField(default=False, help_text="Whether the payload parsed as JSON.")
+    data = models.JSONField(null=True, blank=True, help_text="The parsed payload, when it is JSON.")
+    received_at = models.DateTimeField(db_index=True)
+    handler = models.CharField(max_length=255, blank=True)
+    ok = models.BooleanField("handled", default=True, db_index=True)
+    error = models.TextField(blank=True, help_text="Why handling failed, with the traceback.")
+    published = models.ForeignKey(
+        PublishedMessage,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="receipts",
+        help_text="The publish this receipt belongs to, when mqsite published it.",
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["channel", "digest", "received_at"], name="received_by_digest")]
+
+    def __str__(self):
+        return f"{self.listener} <- {self.channel} @ {self.received_at:%Y-%m-%d %H:%M:%S}"

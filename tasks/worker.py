@@ -12,6 +12,9 @@ Signal handlers only set ``stopping``; the loop notices it between tasks.
 
 import logging
 import os
+from bisect import bisect_left
+from datetime import datetime
+from datetime import timezone as dt_timezone
 import random
 import signal
 import socket
@@ -70,6 +73,7 @@ class Worker:
         self._redis_failing = False
         self._exit = threading.Event()
         self._heartbeat_thread = None
+        self._batch_options = {}
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -77,6 +81,7 @@ class Worker:
 
     # --- the loop --------------------------------------------------------
     def run(self):
+        install_time_limit_handler()
         if not self._wait_until_ready():
             return self.processed
         try:
@@ -179,6 +184,7 @@ class Worker:
     def _process(self, queue, items):
         fault_point("after_take")
         batch_started = time.monotonic()
+        self._batch_options = {}
         runnable, bad, replacements, seen = [], [], [], set()
         for raw in items:
             message = self._classify(raw, queue.name)
@@ -264,29 +270,38 @@ class Worker:
             attempts.update(self._db(self.recorder.claim, [e.id for e in missing], self.worker_id))
         return attempts
 
+    def _options(self, task_path):
+        """(max_attempts, time_limit) of a task, read once per batch: settings
+        lookups are a visible share of a no-op task's cost."""
+        options = self._batch_options.get(task_path)
+        if options is None:
+            options = (mq_settings.task_option(task_path, "max_attempts"), mq_settings.task_option(task_path, "time_limit"))
+            self._batch_options[task_path] = options
+        return options
+
     def _run_or_give_up(self, envelope, attempt):
-        limit = mq_settings.task_option(envelope.task, "max_attempts")
-        now = timezone.now()
+        limit = self._options(envelope.task)[0]
+        now = utcnow()
         if attempt > limit:
             error = f"gave up after {attempt - 1} attempts; the last ones never finished (the worker was lost)"
             return Outcome(envelope.id, TaskStatus.DEAD, now, now, error=self._error("mqsite.WorkerLost", error, attempt))
         return self._run(registry.get(envelope.task), envelope, attempt)
 
     def _run(self, task, envelope, attempt):
-        started_at = timezone.now()
+        started_at = utcnow()
         self.current = (envelope, time.monotonic())
         try:
-            with time_limit(mq_settings.task_option(envelope.task, "time_limit")):
+            with time_limit(self._options(envelope.task)[1]):
                 if task.takes_context:
                     context = TaskContext(task_result=context_result(task, envelope, attempt, self.worker_id, started_at))
                     value = task.call(context, *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
                 result = to_json(value)
-            return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, timezone.now(), result=result)
+            return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
         except Exception as exc:
             error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
-            return Outcome(envelope.id, TaskStatus.FAILED, started_at, timezone.now(), error=error)
+            return Outcome(envelope.id, TaskStatus.FAILED, started_at, utcnow(), error=error)
         finally:
             self.current = None
             fault_point("after_run")
@@ -299,7 +314,7 @@ class Worker:
             ack.successes.append(outcome)
             ack.finished_ids.append(envelope.id)
             verdict = "succeeded"
-        elif outcome.status == TaskStatus.FAILED and attempt < mq_settings.task_option(envelope.task, "max_attempts"):
+        elif outcome.status == TaskStatus.FAILED and attempt < self._options(envelope.task)[0]:
             outcome.status = TaskStatus.READY
             delay = retry_delay(attempt)
             ack.failures.append(outcome)
@@ -419,7 +434,7 @@ class Worker:
                 told_stopping = True
             current = self.current
             if current is not None:
-                limit = mq_settings.task_option(current[0].task, "time_limit")
+                limit = self._batch_options.get(current[0].task, (None, None))[1]
                 if limit is None or time.monotonic() - current[1] < limit + 5:
                     self.notifier.watchdog()
             if time.monotonic() >= next_beat:
@@ -458,7 +473,7 @@ class Ack:
         self.stats = {}
 
     def count(self, verdict, duration):
-        bucket = next(b for b in DURATION_BUCKETS if duration <= b)
+        bucket = DURATION_BUCKETS[bisect_left(DURATION_BUCKETS, duration)]
         for name, amount in ((f"outcome:{verdict}", 1), (f"duration_bucket:{bucket}", 1), ("duration_sum", duration)):
             self.stats[name] = self.stats.get(name, 0) + amount
 
@@ -469,27 +484,32 @@ def retry_delay(attempt):
     return base / 2 + random.uniform(0, base / 2)
 
 
+def _expire(signum, frame):
+    raise TaskTimeLimitExceeded("task exceeded its time limit")
+
+
+def install_time_limit_handler():
+    """SIGALRM interrupts Python code and most blocking calls. Signals need the
+    main thread, so elsewhere (a Worker driven in a thread) no limit applies."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, _expire)
+
+
 @contextmanager
 def time_limit(seconds):
-    """Interrupt the task with TaskTimeLimitExceeded after ``seconds``.
-
-    SIGALRM interrupts Python code and most blocking calls; it needs the main
-    thread, so elsewhere (tests driving a Worker in a thread) no limit applies.
-    """
-    if not seconds or threading.current_thread() is not threading.main_thread():
+    """Interrupt the task with TaskTimeLimitExceeded after ``seconds``."""
+    if not seconds or signal.getsignal(signal.SIGALRM) is not _expire:
         yield
         return
-
-    def expire(signum, frame):
-        raise TaskTimeLimitExceeded(f"task exceeded its time limit of {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+
+
+def utcnow():
+    return datetime.now(dt_timezone.utc)
 
 
 def _traceback(exc):

@@ -1,0 +1,234 @@
+"""The JSON API: enqueue a task, read its status, publish, figures, health.
+
+Every refusal is JSON ``{"error": "..."}``, decided in a fixed order: 401
+token, 405 method, 413 size, 400 content, 503 Redis. Each check runs before
+anything is written, so a refused call leaves no row and no Redis item.
+"""
+
+import hmac
+import inspect
+import json
+import logging
+import math
+from functools import wraps
+
+from django.http import JsonResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
+
+from . import pubsub, registry
+from .conf import mq_settings
+from .health import check_all
+from .models import TaskRecord
+from .queue import QueueFull, QueueUnavailable
+from .status import collect_status
+
+logger = logging.getLogger(__name__)
+
+TASK_FIELDS = {"task", "args", "kwargs"}
+MESSAGE_FIELDS = {"data", "channel"}
+
+
+class ApiError(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+    def response(self):
+        response = JsonResponse({"error": self.message}, status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
+
+
+def api_view(methods, token=True, body=False):
+    """Wrap a view with the checks every API call goes through, in order."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            try:
+                client = authenticate(request) if token else None
+                if request.method not in methods:
+                    raise ApiError(
+                        405, f"method {request.method} is not allowed here; use {' or '.join(methods)}", {"Allow": ", ".join(methods)}
+                    )
+                payload = read_json_object(request) if body else None
+                return view(request, *args, client=client, payload=payload, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+            except (QueueUnavailable, RedisError) as exc:
+                return unavailable(request, exc)
+
+        # Token-authenticated and cookie-less: a browser never attaches the
+        # token on its own, so a forged cross-site request cannot carry one,
+        # and CSRF protection has nothing to protect here.
+        return csrf_exempt(wrapper)
+
+    return decorate
+
+
+def authenticate(request):
+    """The name of the token the request carries; ApiError 401 if none."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    challenge = 'Bearer realm="mqsite"'
+    if scheme.lower() != "bearer" or not presented:
+        raise ApiError(401, "authentication required: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": challenge})
+    match = None
+    # Compare with every token, without stopping early, in constant time each:
+    # the response time says nothing about how close a guess was.
+    for known, name in mq_settings.api_tokens().items():
+        if hmac.compare_digest(known.encode(), presented.encode()):
+            match = name
+    if match is None:
+        raise ApiError(401, "invalid token", {"WWW-Authenticate": f'{challenge}, error="invalid_token"'})
+    return match
+
+
+def read_json_object(request):
+    """The request body as a dict, read no further than the size limit."""
+    limit = mq_settings.MQ_API_MAX_BODY_BYTES
+    too_large = ApiError(413, f"request body is larger than the limit of {limit} bytes")
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    try:
+        declared = int(declared)
+    except ValueError:
+        raise ApiError(400, "Content-Length is not a number") from None
+    if declared > limit:
+        raise too_large
+    # The header may be absent or wrong: count what actually arrives, and
+    # stop one byte past the limit rather than buffering an endless body.
+    raw = request.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 text") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    # 1e999 parses to inf, which JSON (and PostgreSQL's jsonb) cannot store.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def unavailable(request, exc):
+    logger.warning("event=api_refused path=%s error=%r", request.path, str(exc))
+    message = f"queue is full: {exc}" if isinstance(exc, QueueFull) else "Redis is not answering; nothing was done"
+    seconds = mq_settings.MQ_RETRY_AFTER_SECONDS
+    return ApiError(503, f"{message}. Retry in {seconds} seconds.", {"Retry-After": str(seconds)}).response()
+
+
+def _reject_unknown_fields(payload, allowed):
+    unknown = sorted(set(payload) - allowed)
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(allowed))}")
+
+
+# --- endpoints ---------------------------------------------------------------
+@api_view(["POST"], body=True)
+def create_task(request, client, payload):
+    _reject_unknown_fields(payload, TASK_FIELDS)
+    path, args, kwargs = payload.get("task"), payload.get("args", []), payload.get("kwargs", {})
+    if not isinstance(path, str) or not path:
+        raise ApiError(400, "'task' must be the dotted path of a task, as a string")
+    if not isinstance(args, list):
+        raise ApiError(400, "'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'kwargs' must be a JSON object")
+    # Looked up, never imported: only functions declared with @task can run.
+    task = registry.get(path)
+    if task is None:
+        raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
+    _check_arguments(task, args, kwargs)
+    result = task.enqueue(*args, **kwargs)
+    logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)
+    response = JsonResponse({"id": result.id}, status=202)
+    response["Location"] = reverse("tasks:api-task", args=[result.id])
+    return response
+
+
+def _check_arguments(task, args, kwargs):
+    """Refuse a call the function could never accept, before a row exists."""
+    signature = inspect.signature(task.func)
+    try:
+        if task.takes_context:
+            signature.bind(None, *args, **kwargs)
+        else:
+            signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ApiError(400, f"arguments do not fit {task.module_path}: {exc}") from None
+
+
+@api_view(["GET", "HEAD"])
+def task_detail(request, task_id, client, payload):
+    record = TaskRecord.objects.filter(id=task_id).first()
+    if record is None:
+        raise ApiError(404, f"no task with id {task_id[:100]!r}")
+    return JsonResponse(
+        {
+            "id": record.id,
+            "task": record.task_path,
+            "queue": record.queue,
+            "status": record.status,
+            "attempts": record.attempts,
+            "worker": record.worker,
+            "enqueued_at": _iso(record.enqueued_at),
+            "started_at": _iso(record.started_at),
+            "finished_at": _iso(record.finished_at),
+            "result": record.result,
+            "error": record.error,
+        }
+    )
+
+
+def _iso(moment):
+    return moment.isoformat() if moment else None
+
+
+@api_view(["POST"], body=True)
+def publish_message(request, client, payload):
+    _reject_unknown_fields(payload, MESSAGE_FIELDS)
+    if "data" not in payload:
+        raise ApiError(400, "'data' is required: the message to publish (any JSON value)")
+    channel = payload.get("channel")
+    try:
+        receivers = pubsub.publish(payload["data"], channel, publisher=f"api:{client}")
+    except pubsub.MessageTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
+    except (TypeError, ValueError) as exc:  # a bad channel name; nothing was published
+        raise ApiError(400, str(exc)) from None
+    logger.info("event=api_publish client=%s channel=%s receivers=%d", client, channel or "-", receivers)
+    return JsonResponse({"receivers": receivers})
+
+
+@api_view(["GET", "HEAD"], token=False)
+def stats(request, client, payload):
+    response = JsonResponse(collect_status())
+    add_never_cache_headers(response)
+    return response
+
+
+@api_view(["GET", "HEAD"], token=False)
+def healthz(request, client, payload):
+    healthy, report = check_all()
+    response = JsonResponse(report, status=200 if healthy else 503)
+    add_never_cache_headers(response)
+    return response

@@ -1,0 +1,74 @@
+"""Ride out a database outage in a long-running process instead of dying.
+
+Workers and listeners write history as they go. When the database goes away
+(server restart, network, SQLite locked past its busy timeout) the write is
+retried with capped exponential backoff until it goes through: a process
+that crashed instead would only be restarted into the same outage, and a
+worker's items are safe in its processing list meanwhile. The outage is
+logged once when it starts and once when it ends, and the systemd watchdog
+is fed while waiting, because waiting is the right thing to do.
+"""
+
+import logging
+import time
+
+from django.db import InterfaceError, OperationalError, connections
+
+logger = logging.getLogger(__name__)
+
+MAX_DELAY = 5.0
+# Sleep in slices so a stop request is noticed promptly.
+SLICE = 0.25
+
+
+class DatabaseGaveUp(Exception):
+    """The database stayed down and the caller asked to stop meanwhile."""
+
+
+def retry_database(fn, *args, owner, notifier=None, give_up=None, sleep=time.sleep):
+    """Return fn(*args), retrying while the database is unavailable.
+
+    ``owner`` names the process in log lines, as a key=value pair such as
+    "worker=host-12". ``give_up`` (optional) is polled between attempts; once
+    it is true DatabaseGaveUp is raised instead of trying again.
+    """
+    delay = 0.1
+    failing = False
+    while True:
+        try:
+            result = fn(*args)
+        except (OperationalError, InterfaceError) as exc:
+            if not failing:
+                logger.error("event=db_down %s error=%r", owner, str(exc).strip())
+                failing = True
+            _drop_broken_connections()
+            if _wait(delay, notifier, give_up, sleep):
+                raise DatabaseGaveUp(str(exc)) from exc
+            delay = min(delay * 2, MAX_DELAY)
+            continue
+        if failing:
+            logger.warning("event=db_back %s", owner)
+        return result
+
+
+def _drop_broken_connections():
+    # Django reconnects on the next query only once a broken connection is
+    # closed; inside atomic() it must stay open for the rollback.
+    for conn in connections.all(initialized_only=True):
+        conn.close_if_unusable_or_obsolete()
+        if not conn.in_atomic_block:
+            conn.close()
+
+
+def _wait(seconds, notifier, give_up, sleep):
+    """Sleep for ``seconds``; True as soon as give_up() says so."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if notifier is not None:
+            notifier.watchdog()
+        if give_up is not None and give_up():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        sleep(min(SLICE, remaining))

@@ -1,0 +1,44 @@
+"""Forms of the two trigger pages."""
+
+from django import forms
+
+from .conf import mq_settings
+from .pubsub import CHANNEL_MAX_LENGTH, check_channel
+
+MAX_COUNT = 100
+
+
+class ProdconsForm(forms.Form):
+    number = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=10**9,
+        help_text="Which dish to cook; leave empty for a random one.",
+    )
+    count = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_COUNT,
+        initial=1,
+        help_text=f"How many tasks to enqueue (1 to {MAX_COUNT}).",
+    )
+
+
+class PubsubForm(forms.Form):
+    message = forms.CharField(max_length=10_000, widget=forms.Textarea(attrs={"rows": 3}))
+    channel = forms.CharField(
+        required=False,
+        max_length=CHANNEL_MAX_LENGTH,
+        help_text="Leave empty for the default channel.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Read per form, not at import, so a changed setting is seen.
+        self.fields["channel"].widget.attrs["placeholder"] = mq_settings.MQ_DEFAULT_CHANNEL
+
+    def clean_channel(self):
+        # The publisher decides what a valid channel is; empty means the default.
+        try:
+            return check_channel(self.cleaned_data["channel"] or None)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None

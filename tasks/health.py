@@ -1,0 +1,46 @@
+"""Is each dependency answering? For /healthz.
+
+Each probe returns a small dict and never raises: a health check that
+crashes tells a load balancer nothing. The failure detail goes to the log,
+not to the (unauthenticated) response, which only says which part failed.
+"""
+
+import logging
+import time
+
+from django.db import DatabaseError, connections, router
+from redis.exceptions import RedisError
+
+from .connection import get_redis
+from .models import TaskRecord
+
+logger = logging.getLogger(__name__)
+
+
+def _timed(probe, name):
+    started = time.perf_counter()
+    try:
+        probe()
+    except (RedisError, DatabaseError, OSError) as exc:
+        logger.warning("event=health_failed part=%s error=%r", name, str(exc))
+        return {"ok": False, "error": f"{name} did not answer"}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+def redis_health():
+    return _timed(lambda: get_redis().ping(), "Redis")
+
+
+def database_health():
+    def select_one():
+        with connections[router.db_for_read(TaskRecord)].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+
+    return _timed(select_one, "database")
+
+
+def check_all():
+    """(healthy, report) where report has one entry per dependency."""
+    report = {"redis": redis_health(), "database": database_health()}
+    return all(part["ok"] for part in report.values()), report

@@ -1,0 +1,22 @@
+"""The site's pages and JSON API (the admin is wired in mqsite/urls.py).
+
+Paths have no trailing slash, as the design's table lists them; /healthz
+also matches SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
+"""
+
+from django.urls import path
+
+from . import api, views
+
+app_name = "tasks"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("prodcons", views.prodcons, name="prodcons"),
+    path("pubsub", views.pubsub_page, name="pubsub"),
+    path("api/tasks", api.create_task, name="api-tasks"),
+    path("api/tasks/<str:task_id>", api.task_detail, name="api-task"),
+    path("api/messages", api.publish_message, name="api-messages"),
+    path("api/stats", api.stats, name="api-stats"),
+    path("healthz", api.healthz, name="healthz"),
+]

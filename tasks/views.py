@@ -1,0 +1,126 @@
+"""The HTML pages: an index with live figures and the two trigger pages.
+
+GET never changes anything; a POST does its one thing and redirects (303,
+so a reload does not repeat it). When Redis refuses, the page says so with
+a 503 and Retry-After, and nothing was written.
+"""
+
+import logging
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_GET, require_http_methods
+from redis.exceptions import RedisError
+
+from . import pubsub
+from .conf import mq_settings
+from .forms import ProdconsForm, PubsubForm
+from .queue import QueueFull, QueueUnavailable
+from .status import collect_status, history_counts
+from .tasks import cook_dish
+
+logger = logging.getLogger(__name__)
+
+# A message names at most this many task ids; the admin lists the rest.
+LINKED_IDS = 10
+
+
+class HttpResponseSeeOther(HttpResponseRedirect):
+    status_code = 303
+
+
+@require_GET
+def index(request):
+    try:
+        status = collect_status()
+    except RedisError as exc:
+        logger.warning("event=status_unavailable error=%r", str(exc))
+        # The history lives in the database and still answers.
+        status = {"queues": {}, "workers": [], "listeners": [], "history": history_counts()}
+        return render(request, "index.html", {"status": status, "redis_down": True})
+    return render(request, "index.html", {"status": status, "redis_down": False})
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def prodcons(request):
+    if request.method != "POST":
+        return render(request, "prodcons.html", {"form": ProdconsForm()})
+    form = ProdconsForm(request.POST)
+    if not form.is_valid():
+        return render(request, "prodcons.html", {"form": form})
+    number, count = form.cleaned_data["number"], form.cleaned_data["count"]
+    args = () if number is None else (number,)
+    try:
+        # One INSERT and one push for all of them: either every task is
+        # queued or, when Redis refuses, none is and no row is left.
+        results = cook_dish.get_backend().enqueue_many(cook_dish, [(args, {})] * count)
+    except QueueUnavailable as exc:
+        return _unavailable(request, "prodcons.html", {"form": form}, exc)
+    messages.success(request, _enqueued_message([result.id for result in results]))
+    return HttpResponseSeeOther(reverse("tasks:prodcons"))
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def pubsub_page(request):
+    if request.method != "POST":
+        return render(request, "pubsub.html", {"form": PubsubForm(), "default_channel": mq_settings.MQ_DEFAULT_CHANNEL})
+    form = PubsubForm(request.POST)
+    context = {"form": form, "default_channel": mq_settings.MQ_DEFAULT_CHANNEL}
+    if not form.is_valid():
+        return render(request, "pubsub.html", context)
+    channel = form.cleaned_data["channel"]
+    user = request.user
+    publisher = f"user:{user.get_username()}" if user.is_authenticated else "anonymous"
+    try:
+        receivers = pubsub.publish(form.cleaned_data["message"], channel, publisher=publisher)
+    except QueueUnavailable as exc:
+        return _unavailable(request, "pubsub.html", context, exc)
+    except ValueError as exc:  # too large for MQ_MAX_MESSAGE_BYTES; nothing was sent
+        form.add_error("message", str(exc))
+        return render(request, "pubsub.html", context)
+    text = ngettext(
+        "Published to %(channel)s: received by %(n)d listener.",
+        "Published to %(channel)s: received by %(n)d listeners.",
+        receivers,
+    ) % {"channel": channel, "n": receivers}
+    if receivers:
+        messages.success(request, text)
+    else:
+        # Publish/subscribe keeps nothing: with nobody listening it is gone.
+        messages.warning(request, f"{text} Nobody was listening, so the message is lost; start manage.py listen_channel.")
+    return HttpResponseSeeOther(reverse("tasks:pubsub"))
+
+
+def _unavailable(request, template, context, exc):
+    logger.warning("event=page_refused path=%s error=%r", request.path, str(exc))
+    if isinstance(exc, QueueFull):
+        reason = "The queue is full right now."
+    else:
+        reason = "Redis, which carries the queues and channels, is not answering."
+    seconds = mq_settings.MQ_RETRY_AFTER_SECONDS
+    context = {**context, "unavailable": f"{reason} Nothing was sent. Please try again in {seconds} seconds."}
+    response = render(request, template, context, status=503)
+    response["Retry-After"] = str(seconds)
+    return response
+
+
+def _enqueued_message(ids):
+    links = format_html_join(
+        ", ",
+        '<a href="{}">{}</a>',
+        ((reverse("admin:tasks_taskrecord_change", args=[task_id]), task_id) for task_id in ids[:LINKED_IDS]),
+    )
+    if len(ids) == 1:
+        return format_html("Enqueued task {} with id {}.", cook_dish.module_path, links)
+    more = len(ids) - LINKED_IDS
+    if more > 0:
+        history = reverse("admin:tasks_taskrecord_changelist") + "?" + urlencode({"task_path": cook_dish.module_path})
+        return format_html(
+            'Enqueued {} {} tasks: {} and <a href="{}">{} more</a>.', len(ids), cook_dish.module_path, links, history, more
+        )
+    return format_html("Enqueued {} {} tasks: {}.", len(ids), cook_dish.module_path, links)
