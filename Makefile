@@ -11,7 +11,7 @@ venv: $(VENV)/.installed
 # requirements file changed since the last successful install.
 $(VENV_PYTHON):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-		echo "mqsite needs Python 3.11 or newer, but '$(PYTHON)' is: $$($(PYTHON) --version 2>&1 || echo 'not found')." >&2; \
+		echo "mqsite needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>/dev/null || echo 'missing')." >&2; \
 		echo "Point make at a newer one, e.g.: make PYTHON=python3.12 run" >&2; \
 		exit 1; }
 	$(PYTHON) -m venv $(VENV)

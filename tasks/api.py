@@ -104,6 +104,8 @@ def read_json_object(request):
     raw = request.read(limit + 1)
     if len(raw) > limit:
         raise too_large
+    if not raw:
+        raise ApiError(400, "request body is empty: send a JSON object")
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:

@@ -163,3 +163,45 @@ def context_result(task, envelope, attempt, worker_id, started_at: datetime):
         errors=[],
         worker_ids=[worker_id] * attempt,
     )
+
+
+REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD)
+
+
+def requeue(record):
+    """Run a FAILED or DEAD task again, under the same id (the admin's action).
+
+    The row goes back to READY with a fresh round of attempts: the worker
+    gives up on a row whose attempts already reached the limit, so keeping
+    the count would make the re-run die unrun. Its ``errors`` keep every
+    earlier attempt. ``enqueued_at`` becomes now, so the sweeper's grace
+    period covers the push that follows. Returns False, changing nothing,
+    when the row is no longer FAILED/DEAD or names no registered task; raises
+    QueueUnavailable, with the row restored, when Redis refuses the push.
+    """
+    if registry.get(record.task_path) is None:
+        return False
+    now = timezone.now()
+    in_callers_transaction = transaction.get_connection().in_atomic_block
+    with transaction.atomic():
+        rows = TaskRecord.objects.select_for_update().filter(id=record.id, status__in=REQUEUEABLE)
+        before = rows.values("status", "attempts", "enqueued_at", "started_at", "finished_at").first()
+        if before is None:
+            return False
+        rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+    envelope = Envelope(
+        id=record.id, task=record.task_path, queue=record.queue, args=record.args, kwargs=record.kwargs, enqueued_at=now.isoformat()
+    )
+    push = partial(queue_for(record.queue).push, [envelope], max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+    if in_callers_transaction:
+        # As enqueue does: push once the caller commits; the sweeper covers
+        # a Redis outage at that moment.
+        transaction.on_commit(push, robust=True)
+        return True
+    try:
+        push()
+    except QueueUnavailable:
+        TaskRecord.objects.filter(id=record.id, status=TaskStatus.READY, attempts=0).update(**before)
+        raise
+    logger.info("event=requeued task_id=%s task=%s queue=%s", record.id, record.task_path, record.queue)
+    return True

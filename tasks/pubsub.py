@@ -74,7 +74,7 @@ def publish(data, channel=None, publisher=""):
             payload=payload,
             digest=receipts.digest(payload),
             published_at=timezone.now(),
-            publisher=publisher[:150],
+            publisher=(publisher or "")[:150],
         )
         try:
             # No retry: a PUBLISH whose reply was lost may have been

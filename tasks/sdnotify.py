@@ -84,22 +84,23 @@ class SystemdNotifier:
             return
         now = self._clock()
         with self._lock:
-            if False and now - self._last_ping < self.watchdog_interval:
+            if self._last_ping is not None and now - self._last_ping < self.watchdog_interval:
                 return
             self._last_ping = now
         self._send("WATCHDOG=1")
 
     def _send(self, state, status=None):
-        if self._address is None:
-            return
         lines = [state] if state else []
         if status is not None:
             # A newline would end the STATUS= line and let the text forge keys.
             lines.append("STATUS=" + " ".join(str(status).splitlines()))
+        if self._address is None or not lines:
+            return
         with self._lock:
             try:
                 if self._socket is None:
-                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    self._socket = socket.socket(socket.AF_UNIX, kind)
                     self._socket.settimeout(SEND_TIMEOUT)
                 # sendto rather than connect: if systemd re-executes and binds
                 # the socket anew, the next message still finds it.

@@ -30,13 +30,28 @@ def history_counts():
 
 def collect_status():
     client = get_redis()
+    listeners = presence.active(client, "listener")
     return {
         "queues": {name: queue_for(name).counts() for name in queue_names()},
         "workers": presence.active(client, "worker"),
-        "listeners": presence.active(client, "listener"),
+        "listeners": listeners,
+        "channels": channel_subscribers(client, listeners),
         "history": history_counts(),
         "warnings": redis_warnings(client),
     }
+
+
+def channel_subscribers(client, listeners):
+    """Redis's own PUBSUB NUMSUB for the default channel and every channel a
+    listener announces: it counts every subscriber, mqsite's or not, and shows
+    a listener that is registered but not actually subscribed."""
+    names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
+    names = list(dict.fromkeys(names))
+    return {_text(name): count for name, count in client.pubsub_numsub(*names)}
+
+
+def _text(value):
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def redis_warnings(client):

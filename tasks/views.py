@@ -14,7 +14,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 from redis.exceptions import RedisError
 
 from . import pubsub
@@ -34,16 +34,16 @@ class HttpResponseSeeOther(HttpResponseRedirect):
     status_code = 303
 
 
-@require_GET
+@require_safe
 def index(request):
+    redis_down = False
     try:
         status = collect_status()
     except RedisError as exc:
         logger.warning("event=status_unavailable error=%r", str(exc))
         # The history lives in the database and still answers.
-        status = {"queues": {}, "workers": [], "listeners": [], "history": history_counts()}
-        return render(request, "index.html", {"status": status, "redis_down": True})
-    return render(request, "index.html", {"status": status, "redis_down": False})
+        status, redis_down = {"history": history_counts()}, True
+    return render(request, "index.html", {"status": status, "redis_down": redis_down})
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -80,7 +80,7 @@ def pubsub_page(request):
         receivers = pubsub.publish(form.cleaned_data["message"], channel, publisher=publisher)
     except QueueUnavailable as exc:
         return _unavailable(request, "pubsub.html", context, exc)
-    except ValueError as exc:  # too large for MQ_MAX_MESSAGE_BYTES; nothing was sent
+    except ValueError as exc:  # the publisher refused it (too large); nothing was sent
         form.add_error("message", str(exc))
         return render(request, "pubsub.html", context)
     text = ngettext(

@@ -14,6 +14,8 @@ import pytest
 
 from tasks.sdnotify import SystemdNotifier
 
+pytestmark = pytest.mark.no_redis
+
 
 def _receiver(address):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -1,0 +1,48 @@
+"""gunicorn settings for mqsite in production (deploy/systemd/mqsite-web.service).
+
+Values that differ between hosts come from the environment, i.e. from
+/etc/mqsite/mqsite.env, so the unit file never needs editing.
+"""
+
+import os
+
+# Loopback only: a reverse proxy on the same host terminates TLS and faces
+# the network. Several addresses may be given, comma separated.
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
+
+# gunicorn's rule of thumb, two per core plus one, capped: each worker holds a
+# database connection (CONN_MAX_AGE) and SQLite serialises writers anyway.
+workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * (os.cpu_count() or 1) + 1, 8)))
+
+# Every view answers in milliseconds (an enqueue is one Redis push and one
+# row); a request still running after 30 s is stuck and its worker replaced.
+timeout = 30
+# Matches TimeoutStopSec=45 in the unit: in-flight requests get 30 s to finish
+# on stop or reload before systemd's SIGKILL.
+graceful_timeout = 30
+# Recycle workers now and then so a slow leak never grows unbounded; the
+# jitter keeps them from all restarting at the same moment.
+max_requests = 1000
+max_requests_jitter = 100
+
+# The worker heartbeat file is fchmod()ed constantly; on a disk-backed /tmp
+# that can block a worker (gunicorn's FAQ), /dev/shm is memory.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# Only the local proxy may set X-Forwarded-Proto and friends.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# Both logs go to the journal through the unit's stdout/stderr. "-" means
+# stdout for the access log: opening /dev/stderr fails when stderr is the
+# journal's socket. One key=value line per request, like mqsite's own logs;
+# the path without its query string, which may carry data nobody should log.
+accesslog = "-"
+errorlog = "-"
+access_log_format = (
+    "event=http_request peer=%(h)s forwarded_for=%({x-forwarded-for}i)s "
+    'method=%(m)s path="%(U)s" status=%(s)s bytes=%(B)s ms=%(M)s agent="%(a)s"'
+)
+
+# gunicorn 25+ opens a control socket under $HOME by default; the service is
+# controlled with systemctl, and its home is read-only in the sandbox anyway.
+control_socket_disable = True

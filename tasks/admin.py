@@ -1,0 +1,172 @@
+import json
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
+from django.utils.translation import ngettext
+from redis.exceptions import RedisError
+
+from .backend import REQUEUEABLE, queue_for, requeue
+from .models import PublishedMessage, ReceivedMessage, TaskRecord
+from .queue import QueueUnavailable
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History is written by the system; the admin only browses (and prunes) it."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def _preview(text):
+    return Truncator(text).chars(80)
+
+
+@admin.register(PublishedMessage)
+class PublishedMessageAdmin(ReadOnlyAdmin):
+    list_display = ["published_at", "channel", "payload_preview", "receivers", "publisher", "receipts_link"]
+    list_filter = ["channel", "publisher"]
+    search_fields = ["channel", "payload", "publisher"]
+    date_hierarchy = "published_at"
+    exclude = ["digest"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(receipt_count=Count("receipts"))
+
+    @admin.display(description="payload")
+    def payload_preview(self, obj):
+        return _preview(obj.payload)
+
+    @admin.display(description="receipts", ordering="receipt_count")
+    def receipts_link(self, obj):
+        url = reverse("admin:tasks_receivedmessage_changelist") + f"?published__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} recorded</a>', url, obj.receipt_count)
+
+
+@admin.register(ReceivedMessage)
+class ReceivedMessageAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "listener", "channel", "pattern", "payload_preview", "ok", "handler", "published_link"]
+    list_filter = ["ok", "channel", "listener", "is_json"]
+    search_fields = ["payload", "channel", "listener", "error"]
+    date_hierarchy = "received_at"
+    exclude = ["digest"]
+
+    @admin.display(description="payload")
+    def payload_preview(self, obj):
+        return _preview(obj.payload)
+
+    @admin.display(description="publish")
+    def published_link(self, obj):
+        if obj.published_id is None:
+            return "-"
+        url = reverse("admin:tasks_publishedmessage_change", args=[obj.published_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.published_id)
+
+
+# --- task history -------------------------------------------------------------
+# Rows are written by the enqueueing code and the workers only; an edit here
+# would contradict what really ran. Re-enqueue and purge are what an operator
+# may do, both gated on the model's change permission: the admin stays
+# read-only, so "change" here means "may operate the queues".
+
+PRE = '<pre style="white-space: pre-wrap; margin: 0">{}</pre>'
+
+
+def _pretty_json(value):
+    return format_html(PRE, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@admin.register(TaskRecord)
+class TaskRecordAdmin(admin.ModelAdmin):
+    list_display = ["id", "task_path", "queue", "status", "attempts", "worker", "enqueued_at", "finished_at"]
+    list_filter = ["status", "queue", "task_path"]
+    search_fields = ["id", "task_path", "error"]
+    date_hierarchy = "enqueued_at"
+    actions = ["requeue_tasks", "purge_dead_letters"]
+    fieldsets = [
+        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "attempts", "worker"]}),
+        ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
+        ("Call", {"fields": ["call_args", "call_kwargs"]}),
+        ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
+    ]
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting an open row would let the sweeper lose track of its task.
+        return False
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.display(description="args")
+    def call_args(self, record):
+        return _pretty_json(record.args)
+
+    @admin.display(description="kwargs")
+    def call_kwargs(self, record):
+        return _pretty_json(record.kwargs)
+
+    @admin.display(description="result")
+    def outcome_result(self, record):
+        return _pretty_json(record.result)
+
+    @admin.display(description="latest error")
+    def latest_error(self, record):
+        return format_html(PRE, record.error) if record.error else "-"
+
+    @admin.display(description="every failed attempt")
+    def attempt_errors(self, record):
+        if not record.errors:
+            return "-"
+        return format_html_join(
+            "",
+            "<p><strong>attempt {} · {} · {}</strong><br>{}</p>" + PRE,
+            (
+                (e.get("attempt", "?"), e.get("worker", "?"), e.get("at", "?"), e.get("exception", ""), e.get("traceback", ""))
+                for e in record.errors
+            ),
+        )
+
+    @admin.action(description="Re-enqueue selected failed/dead tasks (same id)", permissions=["operate"])
+    def requeue_tasks(self, request, queryset):
+        done, skipped = 0, queryset.exclude(status__in=REQUEUEABLE).count()
+        for record in list(queryset.filter(status__in=REQUEUEABLE)):
+            try:
+                if requeue(record):
+                    done += 1
+                else:  # its task is no longer registered, or another admin was faster
+                    skipped += 1
+            except QueueUnavailable as exc:
+                self.message_user(request, f"Redis refused the task ({exc}); {done} re-enqueued before that.", messages.ERROR)
+                return
+        if done:
+            self.message_user(request, ngettext("Re-enqueued %d task.", "Re-enqueued %d tasks.", done) % done, messages.SUCCESS)
+        if skipped:
+            text = ngettext(
+                "Skipped %d task: only failed or dead tasks of a registered task can be re-enqueued.",
+                "Skipped %d tasks: only failed or dead tasks of a registered task can be re-enqueued.",
+                skipped,
+            )
+            self.message_user(request, text % skipped, messages.WARNING)
+
+    @admin.action(description="Purge the dead-letter lists of the selected tasks' queues", permissions=["operate"])
+    def purge_dead_letters(self, request, queryset):
+        names = sorted(set(queryset.values_list("queue", flat=True)))
+        try:
+            for name in names:
+                queue_for(name).purge_dead()
+        except RedisError as exc:
+            self.message_user(request, f"Redis did not answer ({exc}); nothing more was purged.", messages.ERROR)
+            return
+        self.message_user(request, f"Purged the dead-letter list of queue(s): {', '.join(names)}.", messages.SUCCESS)

@@ -1,0 +1,26 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from tasks.pubsub import publish
+from tasks.queue import QueueUnavailable
+
+
+class Command(BaseCommand):
+    help = (
+        "Broadcast MESSAGE on a channel and print how many listeners received it, as a bare integer. "
+        "Listeners that are not connected at this moment never get it."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "message",
+            metavar="MESSAGE",
+            help="Text to publish, sent exactly as given (JSON text reaches handlers parsed).",
+        )
+        parser.add_argument("--channel", metavar="NAME", help="Channel to publish on. Default: MQ_DEFAULT_CHANNEL.")
+
+    def handle(self, *args, message, channel=None, **options):
+        try:
+            receivers = publish(message, channel=channel, publisher="command")
+        except (QueueUnavailable, ValueError) as exc:  # ValueError covers MessageTooLarge and a bad channel
+            raise CommandError(f"Nothing was published: {exc}") from None
+        self.stdout.write(str(receivers))

@@ -1,0 +1,312 @@
+"""The JSON API and /healthz: each answer, each refusal in its documented
+order (401, 405, 413, 400, 503), and that a refused call changes nothing."""
+
+import json
+import sys
+
+import pytest
+
+from tasks.models import PublishedMessage, TaskRecord, TaskStatus
+from tasks.worker import Worker
+from tests.outage import redis_down  # noqa: F401  (fixture)
+
+# Transactional: the API pushes to Redis at once, as it does in production.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUEUE = "task:prodcons:queue"
+CHANNEL = "task:pubsub:channel"
+AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}
+
+
+def post(client, path, body, **extra):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(path, data, content_type="application/json", **{**AUTH, **extra})
+
+
+@pytest.fixture
+def nothing_changed(redis_client):
+    """Asserts, after the test, that no row was written and nothing pushed."""
+    yield
+    assert TaskRecord.objects.count() == 0
+    assert PublishedMessage.objects.count() == 0
+    assert redis_client.llen(QUEUE) == 0
+
+
+def assert_error(response, status, fragment):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"} and fragment in body["error"], body
+
+
+# --- /api/tasks: accepted ------------------------------------------------------
+def test_enqueue_answers_202_with_id_and_location(client, redis_client):
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.add", "args": [2, 3]})
+    assert response.status_code == 202
+    task_id = response.json()["id"]
+    assert response["Location"] == f"/api/tasks/{task_id}"
+    row = TaskRecord.objects.get(id=task_id)
+    assert (row.task_path, row.args, row.kwargs, row.status) == ("tasks.tasks.add", [2, 3], {}, TaskStatus.READY)
+    assert redis_client.llen(QUEUE) == 1
+
+
+def test_args_and_kwargs_are_optional(client):
+    assert post(client, "/api/tasks", {"task": "tasks.tasks.noop"}).status_code == 202
+    assert post(client, "/api/tasks", {"task": "tasks.tasks.add", "kwargs": {"a": 1, "b": 2}}).status_code == 202
+
+
+def test_api_task_runs_and_status_reports_it(client):
+    task_id = post(client, "/api/tasks", {"task": "tasks.tasks.add", "args": [2, 3]}).json()["id"]
+    before = client.get(f"/api/tasks/{task_id}", **AUTH).json()
+    assert (before["status"], before["attempts"], before["started_at"]) == ("READY", 0, None)
+    assert Worker(burst=True, worker_id="api-worker").run() == 1
+    response = client.get(f"/api/tasks/{task_id}", **AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {
+        "id", "task", "queue", "status", "attempts", "worker", "enqueued_at", "started_at", "finished_at", "result", "error",
+    }
+    assert (body["id"], body["task"], body["queue"], body["status"], body["attempts"], body["worker"]) == (
+        task_id, "tasks.tasks.add", "default", "SUCCESSFUL", 1, "api-worker",
+    )
+    assert (body["result"], body["error"]) == (5, "")
+    assert body["enqueued_at"] <= body["started_at"] <= body["finished_at"]
+
+
+def test_failed_task_reports_its_error(client, settings):
+    settings.MQ_MAX_ATTEMPTS = 1
+    task_id = post(client, "/api/tasks", {"task": "tasks.tasks.always_fails", "args": ["boom"]}).json()["id"]
+    Worker(burst=True).run()
+    body = client.get(f"/api/tasks/{task_id}", **AUTH).json()
+    assert body["status"] == "FAILED" and body["result"] is None
+    assert "RuntimeError: boom" in body["error"]
+
+
+def test_unknown_task_id_is_404_json(client):
+    assert_error(client.get("/api/tasks/no-such-id", **AUTH), 404, "no task with id 'no-such-id'")
+
+
+# --- 401 ---------------------------------------------------------------------
+@pytest.mark.parametrize("header", [None, "test-token", "Basic dGVzdDp0ZXN0", "Bearer ", "Bearer wrong-token", "Bearer test-token2"])
+def test_missing_or_wrong_token_is_401(client, nothing_changed, header):
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
+    response = client.post("/api/tasks", json.dumps({"task": "tasks.tasks.noop"}), content_type="application/json", **extra)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith('Bearer realm="mqsite"')
+    assert set(response.json()) == {"error"}
+
+
+def test_every_configured_token_is_accepted(client):
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.noop"}, HTTP_AUTHORIZATION="bearer second-token")
+    assert response.status_code == 202
+
+
+def test_401_comes_before_every_other_check(client, nothing_changed, settings):
+    settings.MQ_API_MAX_BODY_BYTES = 10
+    assert client.get("/api/tasks").status_code == 401  # not 405
+    assert client.post("/api/tasks", "x" * 100, content_type="application/json").status_code == 401  # not 413
+    assert client.post("/api/tasks", "{", content_type="application/json").status_code == 401  # not 400
+    assert client.get("/api/tasks/anything").status_code == 401  # not 404
+    assert client.post("/api/messages", "{", content_type="application/json").status_code == 401
+
+
+def test_no_configured_tokens_refuses_everything(client, nothing_changed, settings):
+    settings.MQ_API_TOKENS = []
+    assert post(client, "/api/tasks", {"task": "tasks.tasks.noop"}).status_code == 401
+
+
+# --- 405 ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, path, allow",
+    [
+        ("get", "/api/tasks", "POST"),
+        ("put", "/api/tasks", "POST"),
+        ("post", "/api/tasks/some-id", "GET, HEAD"),
+        ("get", "/api/messages", "POST"),
+        ("post", "/api/stats", "GET, HEAD"),
+        ("delete", "/healthz", "GET, HEAD"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(client, nothing_changed, method, path, allow):
+    response = getattr(client, method)(path, **AUTH)
+    assert_error(response, 405, "is not allowed here")
+    assert response["Allow"] == allow
+
+
+def test_405_comes_before_413_and_400(client, nothing_changed, settings):
+    settings.MQ_API_MAX_BODY_BYTES = 10
+    assert client.put("/api/tasks", "x" * 100, content_type="application/json", **AUTH).status_code == 405
+
+
+# --- 413 ---------------------------------------------------------------------
+def test_body_over_the_limit_is_413(client, nothing_changed, settings):
+    settings.MQ_API_MAX_BODY_BYTES = 100
+    body = {"task": "tasks.tasks.append_to_file", "args": ["/tmp/x", "y" * 200]}
+    assert_error(post(client, "/api/tasks", body), 413, "larger than the limit of 100 bytes")
+
+
+def test_declared_length_over_the_limit_is_413_unread(client, nothing_changed, settings):
+    settings.MQ_API_MAX_BODY_BYTES = 100
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.noop"}, CONTENT_LENGTH="1000000")
+    assert_error(response, 413, "larger than the limit")
+
+
+def test_body_at_the_limit_is_accepted(client, settings):
+    body = json.dumps({"task": "tasks.tasks.add", "args": [1, 2]})
+    settings.MQ_API_MAX_BODY_BYTES = len(body)
+    assert post(client, "/api/tasks", body).status_code == 202
+
+
+def test_413_comes_before_400(client, nothing_changed, settings):
+    settings.MQ_API_MAX_BODY_BYTES = 10
+    assert post(client, "/api/tasks", "not json at all").status_code == 413
+
+
+# --- 400 ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"", "request body is empty"),
+        (b"{'task': 'x'}", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"tasks.tasks.noop"', "must be a JSON object"),
+        (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
+        (b'{"task": "tasks.tasks.add", "args": [NaN, 1]}', "NaN is not valid JSON"),
+        (b'{"task": "tasks.tasks.add", "args": [1e999, 1]}', "out of range"),
+        (b'{"args": [1, 2]}', "'task' must be"),
+        (b'{"task": 7}', "'task' must be"),
+        (b'{"task": "tasks.tasks.add", "args": {"a": 1}}', "'args' must be a JSON array"),
+        (b'{"task": "tasks.tasks.add", "args": "1, 2"}', "'args' must be a JSON array"),
+        (b'{"task": "tasks.tasks.add", "kwargs": [1, 2]}', "'kwargs' must be a JSON object"),
+        (b'{"task": "tasks.tasks.add", "args": [1, 2], "queue": "slow"}', "unknown field(s) 'queue'"),
+        (b'{"task": "tasks.tasks.add", "args": [1]}', "arguments do not fit tasks.tasks.add"),
+        (b'{"task": "tasks.tasks.add", "args": [1, 2], "kwargs": {"c": 3}}', "arguments do not fit"),
+        (b'{"task": "os.system", "args": ["echo hi"]}', "unknown task 'os.system'"),
+    ],
+)
+def test_bad_body_is_400_and_changes_nothing(client, nothing_changed, body, fragment):
+    assert_error(post(client, "/api/tasks", body), 400, fragment)
+
+
+def test_unknown_task_path_is_never_imported(client, nothing_changed):
+    assert "tabnanny" not in sys.modules
+    assert_error(post(client, "/api/tasks", {"task": "tabnanny.check", "args": ["."]}), 400, "not a registered task")
+    assert "tabnanny" not in sys.modules
+
+
+def test_context_task_is_checked_without_its_context_argument(client):
+    assert post(client, "/api/tasks", {"task": "tasks.tasks.report_attempt"}).status_code == 202
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.report_attempt", "args": [1]})
+    assert_error(response, 400, "arguments do not fit")
+
+
+# --- 503 ---------------------------------------------------------------------
+def test_redis_down_is_503_with_retry_after_and_no_row(client, redis_down, settings):
+    settings.MQ_RETRY_AFTER_SECONDS = 9
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.add", "args": [2, 3]})
+    assert_error(response, 503, "Redis is not answering")
+    assert response["Retry-After"] == "9"
+    assert TaskRecord.objects.count() == 0
+
+
+def test_400_comes_before_503(client, redis_down):
+    assert post(client, "/api/tasks", {"task": "os.system"}).status_code == 400
+
+
+def test_full_queue_is_503_and_changes_nothing(client, redis_client, settings):
+    settings.MQ_QUEUE_MAX_LENGTH = 1
+    redis_client.lpush(QUEUE, "5")
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.noop"})
+    assert_error(response, 503, "queue is full")
+    assert response["Retry-After"] == "5"
+    assert TaskRecord.objects.count() == 0
+    assert redis_client.llen(QUEUE) == 1
+
+
+# --- /api/messages -------------------------------------------------------------
+@pytest.fixture
+def subscriber(redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(CHANNEL)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    yield pubsub
+    pubsub.close()
+
+
+def test_publish_reaches_the_listener_and_counts_it(client, subscriber):
+    response = post(client, "/api/messages", {"data": {"order": 7}})
+    assert response.status_code == 200
+    assert response.json() == {"receivers": 1}
+    message = subscriber.get_message(timeout=5, ignore_subscribe_messages=True)
+    assert json.loads(message["data"]) == {"order": 7}
+    row = PublishedMessage.objects.get()
+    assert (row.channel, row.receivers, row.publisher) == (CHANNEL, 1, "api:tests")
+
+
+def test_publish_to_a_named_channel_nobody_hears(client, subscriber):
+    assert post(client, "/api/messages", {"data": "hi", "channel": "elsewhere"}).json() == {"receivers": 0}
+    assert subscriber.get_message(timeout=0.2, ignore_subscribe_messages=True) is None
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"channel": CHANNEL}, "'data' is required"),
+        ({"data": "x", "channel": 7}, "channel must be a non-empty string"),
+        ({"data": "x", "channel": ""}, "channel must be a non-empty string"),
+        ({"data": "x", "extra": 1}, "unknown field(s) 'extra'"),
+        ([1], "must be a JSON object"),
+    ],
+)
+def test_bad_message_is_400_and_publishes_nothing(client, subscriber, nothing_changed, body, fragment):
+    assert_error(post(client, "/api/messages", body), 400, fragment)
+    assert subscriber.get_message(timeout=0.2, ignore_subscribe_messages=True) is None
+
+
+def test_message_over_the_publisher_limit_is_413(client, nothing_changed, settings):
+    settings.MQ_MAX_MESSAGE_BYTES = 100
+    assert_error(post(client, "/api/messages", {"data": "x" * 200}), 413, "over the limit")
+
+
+def test_publish_with_redis_down_is_503(client, redis_down):
+    response = post(client, "/api/messages", {"data": "hi"})
+    assert_error(response, 503, "Redis is not answering")
+    assert "Retry-After" in response
+    assert PublishedMessage.objects.count() == 0
+
+
+# --- /api/stats and /healthz -------------------------------------------------------
+def test_stats_needs_no_token_and_has_the_status_shape(client):
+    post(client, "/api/tasks", {"task": "tasks.tasks.noop"})
+    response = client.get("/api/stats")
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    body = response.json()
+    assert {"queues", "workers", "listeners", "channels", "history"} <= set(body)
+    assert body["queues"]["default"] == {"key": QUEUE, "pending": 1, "in_flight": 0, "delayed": 0, "dead": 0}
+    assert body["history"]["READY"] == 1 and body["history"]["SUCCESSFUL"] == 0
+    assert body["channels"] == {CHANNEL: 0}
+    assert body["workers"] == [] and body["listeners"] == []
+
+
+def test_stats_with_redis_down_is_503_json(client, redis_down):
+    response = client.get("/api/stats")
+    assert_error(response, 503, "Redis is not answering")
+    assert "Retry-After" in response
+
+
+def test_healthz_is_200_when_both_answer(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["redis"]["ok"] is True and body["database"]["ok"] is True
+    assert body["redis"]["latency_ms"] >= 0 and body["database"]["latency_ms"] >= 0
+
+
+def test_healthz_is_503_and_names_redis_when_it_is_down(client, redis_down):
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["redis"] == {"ok": False, "error": "Redis did not answer"}
+    assert body["database"]["ok"] is True

@@ -1,0 +1,199 @@
+"""`make run`'s launcher (scripts/run.py): a busy port, the embedded Redis,
+child supervision, and one full run of the site stopped with Ctrl-C."""
+
+import http.cookiejar
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+LAUNCHER = Path(__file__).resolve().parent.parent / "scripts" / "run.py"
+
+
+def load_launcher():
+    spec = importlib.util.spec_from_file_location("mq_launcher", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+launcher = load_launcher()
+
+# A child that only dies to SIGKILL, and says when its handler is in place.
+STUBBORN_CHILD = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+def launcher_env(tmp_path, port):
+    """What `make run` sees on a fresh machine: nothing of the suite's setup."""
+    unset = {"REDIS_URL", "DATABASE_URL", "MQ_API_TOKENS", "DJANGO_SETTINGS_MODULE"}
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    env.update(PORT=str(port), MQ_VAR_DIR=str(tmp_path / "var"))
+    return env
+
+
+@pytest.mark.no_redis
+def test_busy_port_is_a_clear_error_and_starts_nothing(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(LAUNCHER)],
+            env=launcher_env(tmp_path, port),
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    # The check comes first: no var/ means no database, no token, no Redis.
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.no_redis
+def test_port_that_is_not_a_number_is_a_clear_error(tmp_path):
+    env = dict(launcher_env(tmp_path, 8000), PORT="http")
+    result = subprocess.run([sys.executable, str(LAUNCHER)], env=env, capture_output=True, text=True, timeout=15)
+    assert result.returncode == 1
+    assert "PORT must be a number from 1 to 65535, not 'http'" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.no_redis
+def test_embedded_redis_starts_without_persistence_and_stops(tmp_path):
+    supervisor = launcher.Supervisor()
+    url = launcher.start_redis(supervisor, tmp_path)
+    port = urllib.parse.urlsplit(url).port
+    try:
+        assert port != 6379
+        client = redis.Redis.from_url(url, decode_responses=True)
+        assert client.ping()
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert client.config_get("dir") == {"dir": str(tmp_path / "redis")}
+        client.close()
+    finally:
+        supervisor.stop_all()
+    assert supervisor.redis.returncode == 0
+    assert not launcher.redis_answers(port)
+
+
+@pytest.mark.no_redis
+def test_a_child_that_dies_is_named():
+    supervisor = launcher.Supervisor()
+    supervisor.start_service("listen_queue", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    supervisor.services["listen_queue"].wait(10)
+    with pytest.raises(launcher.LaunchError, match=r"^listen_queue exited unexpectedly \(exit status 3\)$"):
+        supervisor.check()
+
+
+@pytest.mark.no_redis
+def test_stop_terminates_then_kills_stragglers():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN_CHILD], stdout=subprocess.PIPE, text=True, process_group=0
+    )
+    assert stubborn.stdout.readline() == "ready\n"
+    launcher.stop_processes([polite, stubborn], timeout=0.5)
+    assert polite.returncode == -signal.SIGTERM
+    assert stubborn.returncode == -signal.SIGKILL
+    stubborn.stdout.close()
+
+
+@pytest.mark.no_redis
+def test_api_token_is_private_and_kept_across_runs(tmp_path):
+    path = tmp_path / "api_token"
+    token = launcher.api_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(token) >= 32
+    assert launcher.api_token(path) == token
+
+
+def wait_for_line(path, prefix, proc, timeout=60):
+    """The launcher's output goes to a file, so its children never block on a full pipe."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in path.read_text().splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        assert proc.poll() is None, f"launcher exited early:\n{path.read_text()}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {prefix!r} line within {timeout} s:\n{path.read_text()}")
+
+
+def admin_login(site, password):
+    """Log in through the admin form; return the page the login lands on."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{site}admin/login/?next=/admin/", timeout=10).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": csrf, "username": "admin", "password": password, "next": "/admin/"}
+    ).encode()
+    request = urllib.request.Request(f"{site}admin/login/", data=data, headers={"Referer": f"{site}admin/login/"})
+    return opener.open(request, timeout=10)
+
+
+def post_message(site, token):
+    request = urllib.request.Request(
+        f"{site}api/messages",
+        data=json.dumps({"data": "hello from the launcher test"}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+@pytest.mark.no_redis
+@pytest.mark.slow
+def test_make_run_serves_the_site_and_ctrl_c_stops_everything(tmp_path):
+    port = launcher.free_port()
+    output = tmp_path / "launcher.log"
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(LAUNCHER)],
+            env=launcher_env(tmp_path, port),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        token = wait_for_line(output, "API token: ", proc)
+        admin = wait_for_line(output, "Admin: ", proc)
+        redis_port = urllib.parse.urlsplit(wait_for_line(output, "Redis: ", proc).split()[0]).port
+        site = f"http://127.0.0.1:{port}/"
+        assert admin.startswith(f"{site}admin/ user=admin password=")
+        password = admin.rsplit("password=", 1)[1]
+
+        landed = admin_login(site, password)
+        assert urllib.parse.urlsplit(landed.url).path == "/admin/"
+        assert (tmp_path / "var" / "api_token").read_text().strip() == token
+        assert post_message(site, token) == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post_message(site, token + "x")
+        assert refused.value.code == 401
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+    assert "SIGINT received, stopping." in output.read_text()
+    assert launcher.port_is_free(port)
+    assert not launcher.redis_answers(redis_port)

@@ -1,0 +1,148 @@
+"""The task history in the admin: read-only pages and the two actions."""
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from tasks.backend import queue_for
+from tasks.models import TaskRecord, TaskStatus
+from tasks.tasks import add, append_to_file
+from tasks.worker import Worker
+from tests.outage import cut_off_redis
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "/admin/tasks/taskrecord/"
+QUEUE = "task:prodcons:queue"
+
+
+def drain():
+    return Worker(burst=True, worker_id="admin-test-worker").run()
+
+
+@pytest.fixture
+def failed_write(tmp_path, settings):
+    """A task that failed because its directory is missing; one attempt allowed."""
+    settings.MQ_MAX_ATTEMPTS = 1
+    target = tmp_path / "missing" / "out.txt"
+    result = append_to_file.enqueue(str(target), "written")
+    drain()
+    row = TaskRecord.objects.get(id=result.id)
+    assert (row.status, row.attempts) == (TaskStatus.FAILED, 1)
+    return row, target
+
+
+def staff_client(django_user_model, *codenames):
+    user = django_user_model.objects.create_user("staff", password="pw-staff-123", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks", codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def run_action(client, action, *ids):
+    return client.post(CHANGELIST, {"action": action, ACTION_CHECKBOX_NAME: list(ids)}, follow=True)
+
+
+# --- pages -------------------------------------------------------------------
+def test_changelist_search_filter_and_dates_render_for_superuser(admin_client):
+    done = add.enqueue(2, 3)
+    drain()
+    pending = add.enqueue(1, 1)
+    page = admin_client.get(CHANGELIST)
+    assert page.status_code == 200
+    assert done.id in page.content.decode() and pending.id in page.content.decode()
+    searched = admin_client.get(CHANGELIST, {"q": done.id}).content.decode()
+    assert done.id in searched and pending.id not in searched
+    filtered = admin_client.get(CHANGELIST, {"status__exact": "READY"}).content.decode()
+    assert pending.id in filtered and done.id not in filtered
+    row = TaskRecord.objects.get(id=done.id)
+    by_day = admin_client.get(CHANGELIST, {"enqueued_at__year": row.enqueued_at.year, "enqueued_at__month": row.enqueued_at.month})
+    assert by_day.status_code == 200
+    assert admin_client.get(CHANGELIST, {"task_path": "tasks.tasks.add", "queue": "default"}).status_code == 200
+
+
+def test_change_view_is_read_only_and_pretty_prints(admin_client, failed_write):
+    row, _ = failed_write
+    page = admin_client.get(f"{CHANGELIST}{row.id}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="_save"' not in html  # nothing to edit
+    assert "FileNotFoundError" in html and "Traceback (most recent call last)" in html
+    assert "<pre" in html and "&quot;written&quot;" in html
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+
+
+def test_non_staff_is_sent_to_login(client, django_user_model):
+    user = django_user_model.objects.create_user("visitor", password="pw-visitor-123")
+    client.force_login(user)
+    response = client.get(CHANGELIST)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_view_only_staff_sees_history_but_cannot_requeue(django_user_model, failed_write, redis_client):
+    row, _ = failed_write
+    client = staff_client(django_user_model, "view_taskrecord")
+    page = client.get(CHANGELIST)
+    assert page.status_code == 200 and row.id in page.content.decode()
+    assert "requeue_tasks" not in page.content.decode()
+    assert client.get(f"{CHANGELIST}{row.id}/change/").status_code == 200
+    run_action(client, "requeue_tasks", row.id)
+    run_action(client, "purge_dead_letters", row.id)
+    row.refresh_from_db()
+    assert row.status == TaskStatus.FAILED
+    assert redis_client.llen(QUEUE) == 0
+    assert len(queue_for("default").dead_letters()) == 1
+
+
+# --- actions -----------------------------------------------------------------
+def test_requeue_runs_a_failed_task_again_under_the_same_id(admin_client, failed_write, redis_client):
+    row, target = failed_write
+    response = run_action(admin_client, "requeue_tasks", row.id)
+    assert "Re-enqueued 1 task." in response.content.decode()
+    requeued = TaskRecord.objects.get(id=row.id)
+    assert (requeued.status, requeued.attempts, requeued.finished_at) == (TaskStatus.READY, 0, None)
+    assert len(requeued.errors) == 1  # the failed attempt stays in the history
+    assert redis_client.llen(QUEUE) == 1
+    target.parent.mkdir()  # the operator fixed the cause
+    assert drain() == 1
+    done = TaskRecord.objects.get(id=row.id)
+    assert (done.status, done.result, done.attempts) == (TaskStatus.SUCCESSFUL, "written", 1)
+    assert [e["attempt"] for e in done.errors] == [1]
+    assert target.read_text() == "written\n"
+    assert TaskRecord.objects.count() == 1
+
+
+def test_staff_with_change_permission_may_requeue(django_user_model, failed_write):
+    row, _ = failed_write
+    client = staff_client(django_user_model, "view_taskrecord", "change_taskrecord")
+    assert "requeue_tasks" in client.get(CHANGELIST).content.decode()
+    run_action(client, "requeue_tasks", row.id)
+    assert TaskRecord.objects.get(id=row.id).status == TaskStatus.READY
+
+
+def test_requeue_skips_tasks_that_did_not_fail(admin_client, redis_client):
+    pending = add.enqueue(1, 2)
+    response = run_action(admin_client, "requeue_tasks", pending.id)
+    assert "Skipped 1 task" in response.content.decode()
+    assert redis_client.llen(QUEUE) == 1  # only the original push
+
+
+def test_requeue_with_redis_down_changes_nothing(admin_client, failed_write, settings):
+    row, _ = failed_write
+    cut_off_redis(settings)
+    response = run_action(admin_client, "requeue_tasks", row.id)
+    assert "Redis refused the task" in response.content.decode()
+    after = TaskRecord.objects.get(id=row.id)
+    assert (after.status, after.attempts, after.finished_at) == (TaskStatus.FAILED, 1, row.finished_at)
+
+
+def test_purge_dead_letters_empties_the_queue_dead_list(admin_client, failed_write):
+    row, _ = failed_write
+    assert [entry["id"] for entry in queue_for("default").dead_letters()] == [row.id]
+    response = run_action(admin_client, "purge_dead_letters", row.id)
+    assert "Purged the dead-letter list of queue(s): default." in response.content.decode()
+    assert queue_for("default").dead_letters() == []
+    assert TaskRecord.objects.get(id=row.id).status == TaskStatus.FAILED  # history stays
