@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# run.py may point at another source tree (a scratch copy with a proposed change).
+ROOT = os.environ.get("MQ_BENCH_TREE") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mqsite.settings")
 

@@ -110,7 +110,7 @@ class RedisProcess:
 
 # --- processes ---------------------------------------------------------------
 
-def spawn(argv, env, logfile, cwd=ROOT):
+def spawn(argv, env, logfile, cwd):
     with open(logfile, "w") as handle:
         return subprocess.Popen(argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -149,9 +149,10 @@ def wait_for(cond, timeout, every, process):
 class MqConfig:
     """One mqsite configuration: a database (SQLite file or PostgreSQL db)."""
 
-    def __init__(self, name, db_url, redis_url, workdir):
-        self.name, self.db_url, self.workdir = name, db_url, workdir
-        self.template = workdir / "template.sqlite3" if name == "sqlite" else None
+    def __init__(self, db, db_url, redis_url, workdir, tree=ROOT, label=""):
+        self.db, self.db_url, self.workdir, self.tree = db, db_url, workdir, tree
+        self.name = f"{db}@{label}" if label else db
+        self.template = workdir / f"template-{self.name}.sqlite3" if db == "sqlite" else None
         self.env = dict(
             os.environ,
             REDIS_URL=redis_url,
@@ -161,26 +162,27 @@ class MqConfig:
             DJANGO_SECRET_KEY="bench-" + "x" * 50,
             MQ_API_TOKENS="bench:bench-token-not-secret",
             PYTHONUNBUFFERED="1",
+            MQ_BENCH_TREE=str(tree),
         )
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
 
     def manage(self, *argv):
-        return [PYTHON, str(ROOT / "manage.py"), *argv]
+        return [PYTHON, str(self.tree / "manage.py"), *argv]
 
     def driver(self, *argv, timeout=600):
-        out = subprocess.run([PYTHON, str(BENCH / "mq_driver.py"), *argv], cwd=ROOT, env=self.env,
+        out = subprocess.run([PYTHON, str(BENCH / "mq_driver.py"), *argv], cwd=self.tree, env=self.env,
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode:
             raise RuntimeError(f"mq_driver {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def setup(self):
-        if self.name == "postgres":
+        if self.db == "postgres":
             recreate_pg(self.db_url)
             migrate_env = self.env
         else:
             migrate_env = dict(self.env, DATABASE_URL=f"sqlite:///{self.template}")
-        subprocess.run(self.manage("migrate", "-v", "0"), cwd=ROOT, env=migrate_env, check=True,
+        subprocess.run(self.manage("migrate", "-v", "0"), cwd=self.tree, env=migrate_env, check=True,
                        stdout=subprocess.DEVNULL)
 
     def fresh(self, client):
@@ -195,7 +197,7 @@ class MqConfig:
             self.driver("reset")
 
     def teardown(self):
-        if self.name == "postgres":
+        if self.db == "postgres":
             drop_pg(self.db_url)
 
 
@@ -230,7 +232,7 @@ def mq_drain(cfg, client, n, verbosity, logfile, timeout):
     processing = f"{{{QUEUE_KEY}}}:processing:{worker_id}"
     t_spawn = time.perf_counter()
     process = spawn(cfg.manage("listen_queue", "--burst", "-v", str(verbosity), "--worker-id", worker_id),
-                    cfg.env, logfile)
+                    cfg.env, logfile, cfg.tree)
     try:
         t_first = wait_for(lambda: client.llen(QUEUE_KEY) < n, 120, 0.002, process)
         # Exact: items leave the processing list only after their rows are recorded.
@@ -264,7 +266,8 @@ def mq_run_once(cfg, client, args, logbase):
     res.update({f"info_{key}": value for key, value in info.items()})
 
     cfg.fresh(client)
-    process = spawn(cfg.manage("listen_queue", "-v", "0", "--worker-id", "bench-lat"), cfg.env, f"{logbase}-lat.log")
+    process = spawn(cfg.manage("listen_queue", "-v", "0", "--worker-id", "bench-lat"), cfg.env, f"{logbase}-lat.log",
+                    cfg.tree)
     try:
         res.update(cfg.driver("latency", "--lat-n", str(args.lat_n), "--spacing", str(args.spacing),
                               "--light-n", str(args.light_n), "--light-spacing", str(args.light_spacing)))
@@ -442,6 +445,9 @@ def parse_args():
     parser.add_argument("--peers-venv", type=Path, default=Path(os.environ.get("MQ_BENCH_PEERS_VENV", VAR.parent /
                                                                            "bench-venv")),
                         help="venv for the peers' packages, created if missing (default: var/bench-venv)")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="also measure the mqsite in this source tree (e.g. a scratch copy with a proposed change); "
+                        "repeatable, labelled by directory name")
     parser.add_argument("--out", type=Path, default=VAR / "results.json")
     args = parser.parse_args()
     args.n = args.n or (2000 if args.quick else 20000)
@@ -477,16 +483,21 @@ def main():
         python = peers_python(args.peers_venv, args.peer_names) if args.peer_names else None
         if args.peer_names and not (PEERS_DIR / "bench.py").exists():
             raise SystemExit(f"the peers' harness is not at {PEERS_DIR} (set MQ_BENCH_PEERS_DIR)")
-        for db in args.dbs:
-            url = f"sqlite:///{workdir / 'db.sqlite3'}" if db == "sqlite" else args.pg_url
-            cfg = MqConfig(db, url, server.url, workdir)
-            try:
-                cfg.setup()
-            except Exception as exc:
-                notes.append(f"mqsite {db} skipped: {exc}")
-                log(notes[-1])
-                continue
-            configs.append(("mqsite", cfg))
+        trees = [(ROOT, "")] + [(tree.resolve(), tree.resolve().name) for tree in args.tree]
+        for index, (tree, label) in enumerate(trees):
+            for db in args.dbs:
+                if db == "sqlite":
+                    url = f"sqlite:///{workdir / f'db-{index}.sqlite3'}"
+                else:
+                    url = args.pg_url if index == 0 else f"{args.pg_url}_{index}"
+                cfg = MqConfig(db, url, server.url, workdir, tree, label)
+                try:
+                    cfg.setup()
+                except Exception as exc:
+                    notes.append(f"mqsite {cfg.name} skipped: {exc}")
+                    log(notes[-1])
+                    continue
+                configs.append(("mqsite", cfg))
         configs += [(name, None) for name in args.peer_names]
         for run in range(1, args.runs + 1):
             # Rotate the order each run so no system always goes first.

@@ -102,6 +102,10 @@ def redis_answers(port):
         return False
 
 
+def describe_exit(code):
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
 def spawn(argv, env):
     # A process group of its own: the terminal's Ctrl-C reaches only this
     # launcher, which then stops each child once, in order.
@@ -165,7 +169,7 @@ class Supervisor:
             children["embedded Redis"] = self.redis
         for name, proc in children.items():
             if proc.poll() is not None:
-                raise LaunchError(f"{name} exited unexpectedly (exit status {proc.returncode})")
+                raise LaunchError(f"{name} exited unexpectedly ({describe_exit(proc.returncode)})")
 
     def wait_until(self, ready, timeout, what):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -183,7 +187,7 @@ class Supervisor:
         finally:
             stop_processes([proc], APP_STOP_TIMEOUT, lambda: self.forced)
         if proc.returncode != 0:
-            raise LaunchError(f"{name} failed (exit status {proc.returncode})")
+            raise LaunchError(f"{name} failed ({describe_exit(proc.returncode)})")
 
     def watch(self):
         """Block until a stop signal arrives or a child dies."""

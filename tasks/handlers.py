@@ -1,4 +1,4 @@
-"""What a channel handler receives, and the default handler.
+"""Channel handlers: what they receive, how they are found, the default one.
 
 A handler is a plain function ``handler(message)`` named by dotted path in
 MQ_CHANNEL_HANDLERS ({channel or pattern: path}) or MQ_DEFAULT_CHANNEL_HANDLER.
@@ -8,10 +8,16 @@ send the message again, so a handler that must not lose work should enqueue
 a task rather than do the work itself.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .conf import mq_settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +49,41 @@ def log_message(message):
         "yes" if message.is_json else "no",
         preview,
     )
+
+
+def load_handlers():
+    """{dotted path: function} for every configured handler.
+
+    Imported at start-up, so a typo stops the listener before it subscribes
+    rather than failing every message.
+    """
+    paths = {mq_settings.MQ_DEFAULT_CHANNEL_HANDLER, *mq_settings.MQ_CHANNEL_HANDLERS.values()}
+    handlers = {}
+    for path in paths:
+        try:
+            handlers[path] = import_string(path)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"channel handler {path!r} cannot be imported: {exc}") from exc
+        if not callable(handlers[path]):
+            raise ImproperlyConfigured(f"channel handler {path!r} is not callable")
+    return handlers
+
+
+def handler_path(channel, pattern):
+    """The handler for a message: its channel's, else its pattern's, else the default."""
+    configured = mq_settings.MQ_CHANNEL_HANDLERS
+    return configured.get(channel) or (pattern and configured.get(pattern)) or mq_settings.MQ_DEFAULT_CHANNEL_HANDLER
+
+
+def decode(raw):
+    """(text, is_json, data) for a payload; never raises."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+    try:
+        return text, True, json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return text, False, text
+
+
+def _reject_constant(name):
+    # NaN and Infinity are Python's extension, not JSON; PostgreSQL's jsonb refuses them.
+    raise ValueError(f"{name} is not JSON")

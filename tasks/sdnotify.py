@@ -61,8 +61,8 @@ class SystemdNotifier:
         self._warned = False
         self._last_ping = None
         timeout = _watchdog_timeout(environ) if self._address else None
-        # systemd's advice: ping at half the timeout so one late loop iteration
-        # does not get the worker killed.
+        # Seconds between pings: half of WatchdogSec=, systemd's advice, so one
+        # late loop iteration does not get the worker killed. None: no watchdog.
         self.watchdog_interval = timeout / 2 if timeout else None
 
     @property
@@ -79,7 +79,7 @@ class SystemdNotifier:
         self._send("STOPPING=1")
 
     def watchdog(self):
-        """Ping the watchdog if half its interval passed; cheap to call often."""
+        """Ping if watchdog_interval passed since the last ping; cheap to call often."""
         if self.watchdog_interval is None:
             return
         now = self._clock()
