@@ -13,6 +13,12 @@ from django.core.management.utils import get_random_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MQ_VAR_DIR", BASE_DIR / "var"))
+try:
+    # The SQLite database and collected static files live here; a fresh clone
+    # has no var/ yet (it is git-ignored).
+    (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass  # read-only deployments point MQ_VAR_DIR at a writable state directory
 
 
 def env_bool(name, default):
@@ -115,7 +121,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = VAR_DIR / "static"  # created above; filled by collectstatic
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

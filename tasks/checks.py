@@ -1,5 +1,7 @@
 """System checks: `manage.py check` reports bad mqsite settings."""
 
+import ipaddress
+
 from django.core.checks import Error, Warning, register
 
 from .conf import mq_settings
@@ -11,6 +13,19 @@ def _number(name, minimum, allow_none=False):
         return []
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         return [Error(f"{name} must be a number >= {minimum}, not {value!r}.", id=f"mqsite.E_{name}")]
+    return []
+
+
+def _networks(name):
+    value = getattr(mq_settings, name)
+    error = Error(f"{name} must be a list of IP networks such as '127.0.0.0/8', not {value!r}.", id=f"mqsite.E_{name}")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(entry, str) for entry in value):
+        return [error]
+    try:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return [error]
     return []
 
 
@@ -46,6 +61,7 @@ def check_settings(app_configs, **kwargs):
         isinstance(k, str) and isinstance(v, str) and v for k, v in mq_settings.MQ_QUEUES.items()
     ):
         errors.append(Error("MQ_QUEUES must map queue names to Redis key names.", id="mqsite.E_QUEUES"))
+    errors += _networks("MQ_METRICS_ALLOW")
     for name in ("MQ_RAW_MESSAGE_TASKS", "MQ_TASK_OPTIONS", "MQ_CHANNEL_HANDLERS"):
         if not isinstance(getattr(mq_settings, name), dict):
             errors.append(Error(f"{name} must be a dict.", id=f"mqsite.E_{name}"))

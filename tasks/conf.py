@@ -52,6 +52,12 @@ DEFAULTS = {
     "MQ_API_TOKENS": [],
     "MQ_API_MAX_BODY_BYTES": 64 * 1024,
     "MQ_RETRY_AFTER_SECONDS": 5,
+    # Client networks (CIDR) that may read /metrics without a token, matched
+    # against REMOTE_ADDR of requests that did not pass through a proxy (one
+    # carrying Forwarded or X-Forwarded-* headers never matches: behind a
+    # local reverse proxy every request comes from 127.0.0.1). A valid API
+    # bearer token (MQ_API_TOKENS) is accepted from anywhere. []: token only.
+    "MQ_METRICS_ALLOW": ["127.0.0.0/8", "::1/128"],
     # Channels
     "MQ_DEFAULT_CHANNEL": "task:pubsub:channel",
     "MQ_CHANNEL_HANDLERS": {},

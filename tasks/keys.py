@@ -54,6 +54,15 @@ def sweep_lock(queue_key):
     return f"{{{queue_key}}}:sweep-lock"
 
 
+def sweep_suspects(queue_key):
+    """Hash: task id -> unix time a sweep first found it missing from Redis.
+
+    It lives in Redis on purpose: when Redis loses its data it loses this
+    too, so every sweep after a data loss starts its wait afresh.
+    """
+    return f"{{{queue_key}}}:sweep-suspects"
+
+
 def worker_info(worker_id):
     """Hash describing a running worker (queues, figures), with a TTL."""
     return f"mq:worker:{worker_id}"

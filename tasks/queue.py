@@ -164,6 +164,21 @@ class ReliableQueue:
         flags = self.client.smismember(self.ids_key, list(ids))
         return {task_id for task_id, flag in zip(ids, flags) if flag}
 
+    def live_workers(self, worker_ids):
+        """Which of these workers hold a live lease on this queue.
+
+        The sweeper asks: a live worker is still running what it claimed,
+        even when Redis lost its copy of the item (restarted empty).
+        """
+        worker_ids = [w for w in worker_ids if w]
+        if not worker_ids:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                pipe.exists(keys.lease(self.key, worker_id))
+            flags = pipe.execute()
+        return {worker_id for worker_id, flag in zip(worker_ids, flags) if flag}
+
     def counts(self):
         worker_ids = [w.decode() for w in self.client.smembers(self.workers_key)]
         with self.client.pipeline(transaction=False) as pipe:

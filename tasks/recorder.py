@@ -99,6 +99,16 @@ class Recorder:
             status=TaskStatus.READY, attempts=models.F("attempts") - 1
         )
 
+    def reopen_running(self, worker_id):
+        """At a worker's start: its id's RUNNING rows go back to READY.
+
+        They belong to a previous life of the worker, which was killed; the
+        attempt it started stays counted.
+        """
+        return TaskRecord.objects.using(self.using).filter(worker=worker_id, status=TaskStatus.RUNNING).update(
+            status=TaskStatus.READY
+        )
+
     def create_missing(self, envelopes, now=None):
         """Rows for envelopes pushed by someone who wrote none (ignored if present)."""
         now = now or timezone.now()

@@ -1,12 +1,12 @@
 """The site's pages and JSON API (the admin is wired in mqsite/urls.py).
 
 Paths have no trailing slash, as the design's table lists them; /healthz
-also matches SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
+and /metrics also match SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
 """
 
 from django.urls import path
 
-from . import api, views
+from . import api, metrics, views
 
 app_name = "tasks"
 
@@ -19,4 +19,5 @@ urlpatterns = [
     path("api/messages", api.publish_message, name="api-messages"),
     path("api/stats", api.stats, name="api-stats"),
     path("healthz", api.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

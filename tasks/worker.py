@@ -23,15 +23,16 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
-from django.utils import timezone
+from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
 
 from . import presence, registry
 from .backend import context_result, new_task_id, to_json
 from .compat import TaskContext
 from .conf import mq_settings
+from .dbretry import retry_database
 from .connection import get_redis
 from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso
 from .faults import fault_point
@@ -114,6 +115,10 @@ class Worker:
             try:
                 self.client.ping()
                 self._db(lambda: connections[self.recorder.using].ensure_connection())
+                # A worker that is starting runs nothing: rows its id left RUNNING
+                # are a previous life's. Reopened, the sweeper may resend them if
+                # Redis lost them too; it never resends a live worker's RUNNING rows.
+                self._db(self.recorder.reopen_running, self.worker_id)
                 for queue in self.queues:
                     moved = queue.recover_own(self.worker_id)
                     if moved:
@@ -154,7 +159,14 @@ class Worker:
             interval = mq_settings.MQ_SWEEP_INTERVAL_SECONDS
             self._next_sweep = now + interval
             for queue in self.queues:
-                self._db(sweep, queue, mq_settings.MQ_SWEEP_GRACE_SECONDS, interval)
+                # confirm: after Redis lost its data, live workers need a heartbeat
+                # to announce their leases again before their RUNNING rows look lost.
+                self._db(
+                    partial(sweep, confirm_seconds=mq_settings.MQ_LEASE_SECONDS),
+                    queue,
+                    mq_settings.MQ_SWEEP_GRACE_SECONDS,
+                    interval,
+                )
 
     def _take(self):
         """(queue, items) to process; None when a burst run is done."""
@@ -365,25 +377,7 @@ class Worker:
         The items stay in the processing list under a live lease meanwhile, so
         nothing is lost and nobody else runs them.
         """
-        delay = 0.1
-        failing = False
-        while True:
-            try:
-                result = fn(*args)
-                if failing:
-                    logger.warning("event=db_back worker=%s", self.worker_id)
-                return result
-            except (OperationalError, InterfaceError) as exc:
-                if not failing:
-                    logger.error("event=db_down worker=%s error=%r", self.worker_id, str(exc).strip())
-                failing = True
-                for conn in connections.all(initialized_only=True):
-                    conn.close_if_unusable_or_obsolete()
-                    if not conn.in_atomic_block:
-                        conn.close()
-                self.notifier.watchdog()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return retry_database(fn, *args, owner=f"worker={self.worker_id}", notifier=self.notifier)
 
     def _redis_trouble(self, exc):
         """Back off quietly; items taken before the error go back to the queue."""

@@ -3,6 +3,9 @@ import pytest
 from tasks.connection import reset_clients
 from tests.redis_server import RedisServer
 
+# Fixtures shared by several test modules.
+pytest_plugins = ["tests.outage"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

@@ -8,7 +8,6 @@ import pytest
 
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
 from tasks.worker import Worker
-from tests.outage import redis_down  # noqa: F401  (fixture)
 
 # Transactional: the API pushes to Redis at once, as it does in production.
 pytestmark = pytest.mark.django_db(transaction=True)

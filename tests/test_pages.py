@@ -6,7 +6,6 @@ from django.test import Client
 
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
 from tasks.worker import Worker
-from tests.outage import redis_down  # noqa: F401  (fixture)
 
 # Transactional: a request outside a transaction pushes to Redis at once,
 # which is what these tests look at (inside one, the push waits for commit).

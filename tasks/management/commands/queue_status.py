@@ -32,6 +32,8 @@ class Command(BaseCommand):
                 f"listener {listener['id']}: channels={','.join(listener.get('channels', []))} "
                 f"received={listener.get('received', 0)} last_seen={listener['last_seen']}"
             )
+        for name, subscribers in status.get("channels", {}).items():
+            self.stdout.write(f"channel {name}: subscribers={subscribers} (PUBSUB NUMSUB)")
         self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in status["history"].items()))
         for warning in status.get("warnings", []):
             self.stderr.write(f"warning: {warning}")
