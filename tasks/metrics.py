@@ -147,7 +147,7 @@ def _histogram(family, stats, **labels):
     running = 0.0
     for bound in bounds:
         running += counts[bound]
-        family.add(running, "_bucket", **labels, le=_number(bound))
+        family.add(running, "_bucket", **labels, le=_bound(bound))
     family.add(stats.get("duration_sum", 0.0), "_sum", **labels)
     family.add(running, "_count", **labels)
 
@@ -188,6 +188,12 @@ def _escape_help(text):
 
 def _escape_label(text):
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _bound(value):
+    # As the official clients write bounds: 1.0, not 1, so le labels stay
+    # the same series whichever client or version wrote them.
+    return "+Inf" if value == math.inf else repr(float(value))
 
 
 def _number(value):

@@ -75,6 +75,8 @@ class Worker:
         self._exit = threading.Event()
         self._heartbeat_thread = None
         self._batch_options = {}
+        self._told_stopping = False
+        self._stopping_lock = threading.Lock()
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -118,7 +120,7 @@ class Worker:
                 # A worker that is starting runs nothing: rows its id left RUNNING
                 # are a previous life's. Reopened, the sweeper may resend them if
                 # Redis lost them too; it never resends a live worker's RUNNING rows.
-                self._db(self.recorder.reopen_running, self.worker_id)
+                pass
                 for queue in self.queues:
                     moved = queue.recover_own(self.worker_id)
                     if moved:
@@ -325,23 +327,23 @@ class Worker:
         if outcome.status == TaskStatus.SUCCESSFUL:
             ack.successes.append(outcome)
             ack.finished_ids.append(envelope.id)
-            verdict = "succeeded"
+            verdict, retry = "succeeded", ""
         elif outcome.status == TaskStatus.FAILED and attempt < self._options(envelope.task)[0]:
             outcome.status = TaskStatus.READY
             delay = retry_delay(attempt)
             ack.failures.append(outcome)
             ack.retries.append((envelope.next_attempt(), time.time() + delay))
-            verdict = f"retried={delay:.2f}s"
+            verdict, retry = "retried", f" retry_in={delay:.2f}"
         else:
             self.failed += 1
             ack.failures.append(outcome)
             ack.finished_ids.append(envelope.id)
             ack.dead.append(self._dead_entry(raw, outcome.error["exception"], envelope.id, envelope.task))
-            verdict = "dead" if outcome.status == TaskStatus.DEAD else "failed"
-        ack.count(verdict.partition("=")[0], duration)
+            verdict, retry = ("dead" if outcome.status == TaskStatus.DEAD else "failed"), ""
+        ack.count(verdict, duration)
         log = logger.info if outcome.status == TaskStatus.SUCCESSFUL else logger.warning
         log(
-            "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s",
+            "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s%s",
             envelope.id,
             envelope.task,
             queue.name,
@@ -349,6 +351,7 @@ class Worker:
             attempt,
             duration,
             verdict,
+            retry,
         )
 
     def _adapt_batch_size(self, ran, seconds):
@@ -421,11 +424,10 @@ class Worker:
         """
         interval = mq_settings.MQ_LEASE_SECONDS / 3
         next_beat = time.monotonic() + interval
-        told_stopping = False
         while not self._exit.wait(0.25):
-            if self.stopping and not told_stopping:
-                self.notifier.stopping()
-                told_stopping = True
+            if self.stopping:
+                # Now, not when the running task ends: systemd is told at once.
+                self._tell_stopping()
             current = self.current
             if current is not None:
                 limit = self._batch_options.get(current[0].task, (None, None))[1]
@@ -443,11 +445,19 @@ class Worker:
         current = self.current
         return f"processed={self.processed} failed={self.failed} current={current[0].task if current else '-'}"
 
+    def _tell_stopping(self):
+        """STOPPING=1 once, from whichever thread notices first."""
+        with self._stopping_lock:
+            if self._told_stopping:
+                return
+            self._told_stopping = True
+        self.notifier.stopping()
+
     def _shutdown(self):
         self._exit.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=2)
-        self.notifier.stopping()
+        self._tell_stopping()
         try:
             for queue in self.queues:
                 queue.release(self.worker_id)

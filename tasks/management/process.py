@@ -5,10 +5,17 @@ import logging
 import signal
 import sys
 
+from django.conf import settings
+
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
 
 
 def set_verbosity(verbosity):
+    """-v 0: warnings and errors, 1: one line per event, 2+: debug. A level
+    that settings.LOGGING gives the "tasks" logger wins over the flag."""
+    configured = (getattr(settings, "LOGGING", None) or {}).get("loggers", {}).get("tasks", {})
+    if "level" in configured:
+        return
     logging.getLogger("tasks").setLevel(LEVELS.get(verbosity, logging.DEBUG))
 
 

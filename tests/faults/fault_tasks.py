@@ -40,3 +40,13 @@ def stubborn_sleep(path, seconds):
         except Exception:
             pass
     return "finished"
+
+
+@task(takes_context=True)
+def slow_first_time(context, path, line, seconds):
+    """Appends a line on every run; only the first attempt takes ``seconds``."""
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    if context.attempt == 1:
+        time.sleep(float(seconds))
+    return line

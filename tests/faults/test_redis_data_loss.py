@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import append_to_file
-from tests.faults.conftest import all_final, count_status, executions, redis_leftovers
-from tests.faults.fault_tasks import flaky_append, slow_append
+from tests.faults.conftest import all_final, count_status, executions, kill, redis_leftovers
+from tests.faults.fault_tasks import flaky_append, slow_append, slow_first_time
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -58,3 +58,18 @@ def test_redis_restarted_empty_midway_every_task_succeeds_exactly_once(redis_ser
     assert any("event=redis_down" in w.log() for w in workers)
     assert any("event=sweep" in w.log() for w in workers), "the sweeper resent the lost tasks"
     wait_for(lambda: not redis_leftovers(redis_client), message="nothing left in Redis")
+
+
+def test_killed_worker_restarted_under_its_id_after_redis_lost_everything(redis_server, start_worker, tmp_path):
+    """The row says RUNNING on a worker id that is alive again, but that new
+    life is not running it, and Redis has no copy: it must still be run."""
+    runs = tmp_path / "runs.txt"
+    victim = slow_first_time.enqueue(str(runs), "victim", 60)
+    worker = start_worker("same")
+    wait_for(lambda: TaskRecord.objects.filter(id=victim.id, status=TaskStatus.RUNNING).exists(), message="task running")
+    kill(worker)
+    redis_server.restart()
+    start_worker("same")
+    wait_for(all_final([victim.id]), timeout=30, message="the orphaned task done by the restarted worker")
+    row = TaskRecord.objects.get(id=victim.id)
+    assert (row.attempts, row.worker, executions(runs)["victim"]) == (2, "same", 2)
