@@ -12,6 +12,7 @@ import logging
 import math
 from functools import wraps
 
+from django.db import DatabaseError
 from django.http import JsonResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
@@ -59,7 +60,7 @@ def api_view(methods, token=True, body=False):
                 return view(request, *args, client=client, payload=payload, **kwargs)
             except ApiError as exc:
                 return exc.response()
-            except (QueueUnavailable, RedisError) as exc:
+            except (QueueUnavailable, RedisError, DatabaseError) as exc:
                 return unavailable(request, exc)
 
         # Token-authenticated and cookie-less: a browser never attaches the
@@ -133,7 +134,12 @@ def _finite_float(text):
 
 def unavailable(request, exc):
     logger.warning("event=api_refused path=%s error=%r", request.path, str(exc))
-    message = f"queue is full: {exc}" if isinstance(exc, QueueFull) else "Redis is not answering; nothing was done"
+    if isinstance(exc, QueueFull):
+        message = f"queue is full: {exc}"
+    elif isinstance(exc, DatabaseError):
+        message = "the database is not answering; nothing was done"
+    else:
+        message = "Redis is not answering; nothing was done"
     seconds = mq_settings.MQ_RETRY_AFTER_SECONDS
     return ApiError(503, f"{message}. Retry in {seconds} seconds.", {"Retry-After": str(seconds)}).response()
 

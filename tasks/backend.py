@@ -84,23 +84,7 @@ class RedisTaskBackend(BaseTaskBackend):
             except QueueUnavailable:
                 recorder.delete([e.id for e in envelopes])
                 raise
-        return [
-            TaskResult(
-                task=task,
-                id=e.id,
-                status=TaskResultStatus.READY,
-                enqueued_at=now,
-                started_at=None,
-                finished_at=None,
-                last_attempted_at=None,
-                args=e.args,
-                kwargs=e.kwargs,
-                backend=self.alias,
-                errors=[],
-                worker_ids=[],
-            )
-            for e in envelopes
-        ]
+        return [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
 
     def _deliver(self, queue_name, envelopes, run_after):
         queue = queue_for(queue_name)
@@ -147,21 +131,28 @@ class RedisTaskBackend(BaseTaskBackend):
         return result
 
 
-def context_result(task, envelope, attempt, worker_id, started_at: datetime):
-    """The TaskResult a running task sees through ``context.task_result``."""
+def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, worker_ids=()):
+    """A TaskResult for a task that has no recorded history yet."""
     return TaskResult(
         task=task,
         id=envelope.id,
-        status=TaskResultStatus.RUNNING,
-        enqueued_at=None,
+        status=status,
+        enqueued_at=enqueued_at,
         started_at=started_at,
         finished_at=None,
         last_attempted_at=started_at,
         args=envelope.args,
         kwargs=envelope.kwargs,
-        backend=task.backend,
+        backend=backend,
         errors=[],
-        worker_ids=[worker_id] * attempt,
+        worker_ids=list(worker_ids),
+    )
+
+
+def context_result(task, envelope, attempt, worker_id, started_at: datetime):
+    """The TaskResult a running task sees through ``context.task_result``."""
+    return envelope_result(
+        task, envelope, TaskResultStatus.RUNNING, backend=task.backend, started_at=started_at, worker_ids=[worker_id] * attempt
     )
 
 

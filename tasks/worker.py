@@ -120,7 +120,7 @@ class Worker:
                 # A worker that is starting runs nothing: rows its id left RUNNING
                 # are a previous life's. Reopened, the sweeper may resend them if
                 # Redis lost them too; it never resends a live worker's RUNNING rows.
-                pass
+                self._db(self.recorder.reopen_running, self.worker_id)
                 for queue in self.queues:
                     moved = queue.recover_own(self.worker_id)
                     if moved:
