@@ -467,6 +467,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.peer_names and not (PEERS_DIR / "bench.py").exists():
+        raise SystemExit(f"the peers' harness is not at {PEERS_DIR} (set MQ_BENCH_PEERS_DIR, or --peers none)")
     VAR.mkdir(parents=True, exist_ok=True)
     logdir = VAR / "logs"
     shutil.rmtree(logdir, ignore_errors=True)
@@ -475,14 +477,12 @@ def main():
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
     server = RedisProcess(redis_binary(args.redis_server), workdir)
-    configs, records, notes = [], [], []
+    configs, records, notes, redis_version = [], [], [], None
     try:
         redis_version = server.start()
         log(f"redis {redis_version} on port {server.port}; work dir {workdir}")
         client = redis.Redis(host="127.0.0.1", port=server.port)
         python = peers_python(args.peers_venv, args.peer_names) if args.peer_names else None
-        if args.peer_names and not (PEERS_DIR / "bench.py").exists():
-            raise SystemExit(f"the peers' harness is not at {PEERS_DIR} (set MQ_BENCH_PEERS_DIR)")
         trees = [(ROOT, "")] + [(tree.resolve(), tree.resolve().name) for tree in args.tree]
         for index, (tree, label) in enumerate(trees):
             for db in args.dbs:

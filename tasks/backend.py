@@ -2,7 +2,9 @@
 
 ``enqueue`` writes the history row first; that row is the outbox. Outside a
 transaction the envelope is pushed at once, and if Redis refuses it the row
-is removed and QueueUnavailable raised, so a failed enqueue leaves nothing.
+is removed and QueueUnavailable raised, so a failed enqueue leaves nothing;
+if Redis does not answer in time (the push may still happen), the row stays
+and the sweeper delivers it.
 Inside a transaction the push waits for the commit; if Redis is down then,
 the committed row is delivered later by the sweeper.
 """
@@ -11,7 +13,6 @@ import json
 import logging
 import secrets
 from datetime import datetime
-from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -22,7 +23,7 @@ from .conf import mq_settings
 from .connection import get_redis
 from .envelope import Envelope
 from .models import TaskRecord, TaskStatus
-from .queue import QueueUnavailable, ReliableQueue
+from .queue import DeliveryUncertain, QueueUnavailable, ReliableQueue
 from .recorder import Recorder
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,13 @@ class RedisTaskBackend(BaseTaskBackend):
         ]
         recorder = Recorder()
         recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
-        deliver = partial(self._deliver, task.queue_name, envelopes, task.run_after)
+
+        # A def, not functools.partial: when a robust on_commit callback fails,
+        # Django 5.2 logs func.__qualname__, which a partial lacks, so the log
+        # call itself raised AttributeError out of the caller's commit.
+        def deliver():
+            self._deliver(task.queue_name, envelopes, task.run_after)
+
         if recorder.connection.in_atomic_block:
             # robust: a Redis outage at commit time is logged, the rows stay
             # READY, and the sweeper delivers them once Redis is back.
@@ -81,6 +88,13 @@ class RedisTaskBackend(BaseTaskBackend):
         else:
             try:
                 deliver()
+            except DeliveryUncertain as exc:
+                # The push may have reached a frozen Redis that will still run
+                # it: deleting the row and raising would let a task the caller
+                # was told is not queued run anyway. The row stays, as a
+                # committed outbox entry, and the sweeper delivers it if the
+                # push was lost after all.
+                logger.warning("event=enqueue_uncertain task=%s count=%d error=%r", task.module_path, len(envelopes), str(exc))
             except QueueUnavailable:
                 recorder.delete([e.id for e in envelopes])
                 raise
@@ -183,7 +197,10 @@ def requeue(record):
     envelope = Envelope(
         id=record.id, task=record.task_path, queue=record.queue, args=record.args, kwargs=record.kwargs, enqueued_at=now.isoformat()
     )
-    push = partial(queue_for(record.queue).push, [envelope], max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+
+    def push():  # a def, not a partial: see deliver() in enqueue_many
+        queue_for(record.queue).push([envelope], max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+
     if in_callers_transaction:
         # As enqueue does: push once the caller commits; the sweeper covers
         # a Redis outage at that moment.

@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Info, Warning, register
 
 from .conf import mq_settings
 
@@ -88,3 +88,31 @@ def check_deploy(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@register("mqsite_redis", deploy=True)
+def check_redis_eviction(app_configs, **kwargs):
+    """The Redis server's eviction policy must not drop queue keys.
+
+    It asks the server itself, so it is a deploy check: it runs with
+    `check --deploy` (alone: `check --deploy --tag mqsite_redis`), never on
+    every `runserver` or `migrate`. An unreachable server is only noted: a
+    build machine without Redis must still pass `check --deploy`.
+    """
+    from redis.exceptions import RedisError
+
+    from .connection import get_redis
+    from .status import redis_warnings
+
+    try:
+        found = redis_warnings(get_redis(retries=0))
+    except RedisError as exc:
+        return [Info(f"Could not ask Redis for its eviction policy: {exc}", id="mqsite.I_REDIS_UNREACHABLE")]
+    return [
+        Warning(
+            text,
+            hint="CONFIG SET maxmemory-policy noeviction, and set it in the server's configuration too.",
+            id="mqsite.W_REDIS_EVICTION",
+        )
+        for text in found
+    ]

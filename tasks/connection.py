@@ -27,7 +27,11 @@ def get_redis(url=None, *, retries=1):
             socket_timeout=timeout,
             socket_connect_timeout=min(timeout, 2.0),
             health_check_interval=10,
-            retry=Retry(NoBackoff(), retries),
+            # Retry connection errors only: they mean a stale pooled socket, and
+            # the command never reached Redis. After a timeout Redis may still
+            # run it (a frozen server resumes), and running a push twice would
+            # queue a task twice.
+            retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
         )
         _clients[cache_key] = client
     return client

@@ -37,7 +37,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("succeeded", "retried", "failed", "dead")
 # Headers a reverse proxy adds. Behind one on the same host every request
 # arrives from 127.0.0.1, so only a request without them is really local.
-PROXY_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_REAL_IP")
+PROXY_HEADERS = (
+    "HTTP_FORWARDED",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_REAL_IP",
+)
 
 
 # --- gathering -------------------------------------------------------------------
@@ -159,12 +165,16 @@ def _process_families(figures):
     for worker in figures["workers"]:
         processed.add(worker.get("processed", 0), worker=worker["id"])
     listeners = Family("mqsite_listeners", "gauge", "Channel listeners alive (heartbeat within three leases).")
-    received = Family("mqsite_listener_received_total", "counter", "Messages received by one listener since it started.")
+    received = Family(
+        "mqsite_listener_received_total", "counter", "Messages received by one listener since it started."
+    )
     listeners.add(len(figures["listeners"]))
     for listener in figures["listeners"]:
         received.add(listener.get("received", 0), listener=listener["id"])
     subscribers = Family(
-        "mqsite_channel_subscribers", "gauge", "Subscribers of a channel as Redis counts them (PUBSUB NUMSUB), mqsite's or not."
+        "mqsite_channel_subscribers",
+        "gauge",
+        "Subscribers of a channel as Redis counts them (PUBSUB NUMSUB), mqsite's or not.",
     )
     for channel, count in figures.get("channels", {}).items():
         subscribers.add(count, channel=channel)
@@ -178,7 +188,11 @@ def exposition(families):
         lines.append(f"# TYPE {family.name} {family.kind}")
         for suffix, labels, value in family.samples:
             text = ",".join(f'{name}="{_escape_label(str(v))}"' for name, v in labels)
-            lines.append(f"{family.name}{suffix}{{{text}}} {_number(value)}" if text else f"{family.name}{suffix} {_number(value)}")
+            lines.append(
+                f"{family.name}{suffix}{{{text}}} {_number(value)}"
+                if text
+                else f"{family.name}{suffix} {_number(value)}"
+            )
     return "\n".join(lines) + "\n"
 
 

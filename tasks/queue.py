@@ -11,6 +11,7 @@ import json
 import time
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys, scripts
 from .envelope import now_iso
@@ -22,6 +23,22 @@ class QueueUnavailable(Exception):
 
 class QueueFull(QueueUnavailable):
     """The queue is at its configured maximum length."""
+
+
+class DeliveryUncertain(QueueUnavailable):
+    """Redis did not answer in time: the work may have been queued or not.
+
+    A frozen server (SIGSTOP, CLIENT PAUSE, a slow command) still runs a
+    request it received once it resumes, after the client gave up on it. So a
+    producer must not treat a timeout as "nothing was queued": the backend
+    keeps the row, and the sweeper delivers it if the push really was lost.
+    """
+
+
+def _refusal(queue_name, exc):
+    if isinstance(exc, RedisTimeoutError):
+        return DeliveryUncertain(f"Redis did not answer in time for queue {queue_name!r}: {exc}")
+    return QueueUnavailable(f"Redis refused queue {queue_name!r}: {exc}")
 
 
 class ReliableQueue:
@@ -42,14 +59,15 @@ class ReliableQueue:
 
     # --- producers -------------------------------------------------------
     def push(self, envelopes, max_length=None):
-        """Queue envelopes atomically; QueueFull or QueueUnavailable if not."""
+        """Queue envelopes atomically; QueueFull or QueueUnavailable if not
+        (DeliveryUncertain if Redis did not answer in time)."""
         argv = [max_length or 0]
         for envelope in envelopes:
             argv += [envelope.id, envelope.encode()]
         try:
             length = self._enqueue(keys=[self.key, self.ids_key], args=argv)
         except RedisError as exc:
-            raise QueueUnavailable(f"Redis refused queue {self.name!r}: {exc}") from exc
+            raise _refusal(self.name, exc) from exc
         if length == -1:
             raise QueueFull(f"queue {self.name!r} is full ({max_length} items)")
         return length
@@ -62,7 +80,7 @@ class ReliableQueue:
                 pipe.zadd(self.delayed_key, {envelope.encode(): run_at})
                 pipe.execute()
         except RedisError as exc:
-            raise QueueUnavailable(f"Redis refused queue {self.name!r}: {exc}") from exc
+            raise _refusal(self.name, exc) from exc
 
     # --- workers ---------------------------------------------------------
     def take(self, worker_id, max_items, max_bytes):

@@ -37,7 +37,7 @@ from .connection import get_redis
 from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso
 from .faults import fault_point
 from .models import TaskStatus
-from .queue import ReliableQueue
+from .queue import QueueUnavailable, ReliableQueue
 from .recorder import Outcome, Recorder
 from .sdnotify import SystemdNotifier
 from .sweeper import sweep
@@ -47,8 +47,12 @@ logger = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
 
 
-class TaskTimeLimitExceeded(Exception):
-    pass
+class TaskTimeLimitExceeded(BaseException):
+    """Raised into a task that overran its time limit.
+
+    A BaseException, like KeyboardInterrupt: a task's own ``except Exception``
+    (a retry loop, careless error handling) must not swallow it and hang on.
+    """
 
 
 class Worker:
@@ -101,7 +105,10 @@ class Worker:
                     if self._redis_failing:
                         logger.warning("event=redis_back worker=%s", self.worker_id)
                         self._redis_failing = False
-                except RedisError as exc:
+                # QueueUnavailable: the sweeper's push, refused the way any
+                # other call can be (read-only, out of memory, timed out); it
+                # must pause the worker like any Redis error, not end it.
+                except (RedisError, QueueUnavailable) as exc:
                     self._redis_trouble(exc)
         finally:
             self._shutdown()
@@ -313,7 +320,7 @@ class Worker:
                     value = task.call(*envelope.args, **envelope.kwargs)
                 result = to_json(value)
             return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
-        except Exception as exc:
+        except (Exception, TaskTimeLimitExceeded) as exc:
             error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
             return Outcome(envelope.id, TaskStatus.FAILED, started_at, utcnow(), error=error)
         finally:

@@ -81,7 +81,9 @@ def test_logging_setting_overrides_verbosity(redis_url):
 
 
 @pytest.mark.no_redis
-@pytest.mark.parametrize("verbosity, level", [(0, logging.WARNING), (1, logging.INFO), (2, logging.DEBUG), (3, logging.DEBUG)])
+@pytest.mark.parametrize(
+    "verbosity, level", [(0, logging.WARNING), (1, logging.INFO), (2, logging.DEBUG), (3, logging.DEBUG)]
+)
 def test_verbosity_maps_to_levels(settings, verbosity, level):
     logger = logging.getLogger("tasks")
     before = logger.level

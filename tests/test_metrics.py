@@ -5,6 +5,7 @@ The output is read back with a strict parser of the text format 0.0.4 written
 here, so a formatting slip fails a test rather than a Prometheus scrape.
 """
 
+import itertools
 import math
 import re
 import threading
@@ -100,7 +101,7 @@ def _check_histograms(samples, types):
         for rest, buckets in series.items():
             buckets.sort()
             assert buckets[-1][0] == math.inf, "no +Inf bucket"
-            assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), f"buckets not cumulative: {buckets}"
+            assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets)), f"buckets not cumulative: {buckets}"
             assert samples[(f"{family}_count", rest)] == buckets[-1][1]
             assert (f"{family}_sum", rest) in samples
 
@@ -140,7 +141,7 @@ def test_rendered_text_is_valid_and_escapes_label_values():
         figures(
             workers=[{"id": odd, "processed": 5}],
             listeners=[{"id": "l1", "received": 2}],
-            channels={"news\n\"x\"": 1},
+            channels={'news\n"x"': 1},
         )
     )
     samples, types = parse(text)
@@ -178,7 +179,16 @@ def test_histogram_turns_per_bucket_counts_cumulative():
         dict(labels)["le"]: v for (name, labels), v in samples.items() if name == "mqsite_task_duration_seconds_bucket"
     }
     assert buckets == {
-        "0.005": 2, "0.01": 2, "0.05": 2, "0.1": 2, "0.5": 2, "1.0": 3, "2.0": 4, "5.0": 4, "30.0": 4, "+Inf": 4
+        "0.005": 2,
+        "0.01": 2,
+        "0.05": 2,
+        "0.1": 2,
+        "0.5": 2,
+        "1.0": 3,
+        "2.0": 4,
+        "5.0": 4,
+        "30.0": 4,
+        "+Inf": 4,
     }
     assert value(samples, "mqsite_task_duration_seconds_count", queue="default") == 4
     assert value(samples, "mqsite_task_duration_seconds_sum", queue="default") == 3.25
@@ -209,15 +219,24 @@ def test_figures_match_what_a_worker_recorded(client, redis_client):
     assert outcomes == {"succeeded": 3, "retried": 2, "failed": 1, "dead": 0}
     assert value(samples, "mqsite_task_duration_seconds_count", queue="default") == 6
     recorded = queue_for("default").stats()
-    assert value(samples, "mqsite_task_duration_seconds_sum", queue="default") == pytest.approx(recorded["duration_sum"])
+    assert value(samples, "mqsite_task_duration_seconds_sum", queue="default") == pytest.approx(
+        recorded["duration_sum"]
+    )
     for bound in DURATION_BUCKETS:
         le = "+Inf" if bound == math.inf else repr(bound)
         expected = sum(v for k, v in recorded.items() if k.startswith("duration_bucket:") and float(k[16:]) <= bound)
         assert value(samples, "mqsite_task_duration_seconds_bucket", queue="default", le=le) == expected
-    counts = {part: value(samples, f"mqsite_queue_{part}", queue="default") for part in ("pending", "in_flight", "delayed", "dead")}
+    counts = {
+        part: value(samples, f"mqsite_queue_{part}", queue="default")
+        for part in ("pending", "in_flight", "delayed", "dead")
+    }
     assert counts == {"pending": 0, "in_flight": 0, "delayed": 0, "dead": 1}
     assert value(samples, "mqsite_tasks_total", queue="slow", outcome="succeeded") == 0
-    assert value(samples, "mqsite_history_tasks", status="SUCCESSFUL") == TaskRecord.objects.filter(id__in=ids).count() == 3
+    assert (
+        value(samples, "mqsite_history_tasks", status="SUCCESSFUL")
+        == TaskRecord.objects.filter(id__in=ids).count()
+        == 3
+    )
     assert value(samples, "mqsite_history_tasks", status="FAILED") == 1
     assert TaskRecord.objects.get(id=failing.id).status == TaskStatus.FAILED
     # The worker withdrew on exit: nobody is running.
@@ -241,8 +260,11 @@ def test_running_workers_listeners_and_subscribers(client, redis_client):
         for i in range(2):
             add.enqueue(i, 1)
         samples = wait_for(
-            lambda: (s := scrape(client)).get(("mqsite_worker_processed_total", frozenset({("worker", "live-worker")}))) == 2
-            and s,
+            lambda: (
+                (s := scrape(client)).get(("mqsite_worker_processed_total", frozenset({("worker", "live-worker")})))
+                == 2
+                and s
+            ),
             message="the running worker's count in /metrics",
         )
         assert value(samples, "mqsite_workers") == 1
@@ -321,7 +343,10 @@ def test_only_get_and_head(client):
 
 
 @pytest.mark.no_redis
-@pytest.mark.parametrize("allow, ok", [(["127.0.0.0/8", "::1/128"], True), ([], True), ("127.0.0.1", False), (["localhost"], False), ([1], False)])
+@pytest.mark.parametrize(
+    "allow, ok",
+    [(["127.0.0.0/8", "::1/128"], True), ([], True), ("127.0.0.1", False), (["localhost"], False), ([1], False)],
+)
 def test_check_reports_a_bad_allow_list(settings, allow, ok):
     settings.MQ_METRICS_ALLOW = allow
     errors = [e for e in run_checks() if e.id == "mqsite.E_MQ_METRICS_ALLOW"]

@@ -132,7 +132,8 @@ def test_stopping_at_once_on_sigterm_while_a_task_runs(redis_url, systemd, tmp_p
     try:
         assert systemd.wait_for("READY=1", timeout=30) is not None, log.read_text()
         wait_for(
-            lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(), message="the task running"
+            lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(),
+            message="the task running",
         )
         worker.send_signal(signal.SIGTERM)
         # The design says within a second; 5 s keeps a slow machine from failing.

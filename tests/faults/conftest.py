@@ -78,6 +78,8 @@ def start_worker(redis_url, tmp_path):
     yield start
     for worker in started:
         stop(worker.process, timeout=10)
+        # Shown by pytest only when the test failed.
+        print(f"--- log of worker {worker.worker_id} (exit {worker.process.returncode}) ---\n{worker.log()[-6000:]}")
 
 
 @pytest.fixture(autouse=True)
