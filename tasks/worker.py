@@ -491,7 +491,9 @@ class Ack:
 
 def retry_delay(attempt):
     """Exponential backoff with jitter: half fixed, half random."""
-    base = min(mq_settings.MQ_RETRY_MAX_SECONDS, mq_settings.MQ_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    # The exponent is capped: past ~1024 attempts 2 ** n no longer converts to
+    # a float, and the OverflowError would end the worker.
+    base = min(mq_settings.MQ_RETRY_MAX_SECONDS, mq_settings.MQ_RETRY_BASE_SECONDS * 2 ** min(attempt - 1, 64))
     return base / 2 + random.uniform(0, base / 2)
 
 

@@ -35,3 +35,44 @@ def test_hanging_tasks_are_stopped_retried_then_failed(start_worker, tmp_path):
         assert all("time limit" in e["traceback"] for e in row.errors)
     assert executions(runs) == {"run": 2, "good": 1}  # the stubborn one ran twice, then no more
     assert worker.alive()
+
+
+def test_retry_delay_is_exponential_with_jitter(settings):
+    settings.MQ_RETRY_BASE_SECONDS = 1.0
+    settings.MQ_RETRY_MAX_SECONDS = 300.0
+    random.seed(4)
+    for attempt in range(1, 15):
+        base = min(300.0, 2.0 ** (attempt - 1))
+        delays = [retry_delay(attempt) for _ in range(200)]
+        assert all(base / 2 <= d <= base for d in delays), attempt
+        assert len(set(delays)) == 200  # jitter: no two workers retry in step
+        # Spread over the whole random half, not bunched at one end.
+        assert min(delays) < base * 0.6 and max(delays) > base * 0.9
+    assert 150 <= retry_delay(5000) <= 300  # a "retry for ever" task must not overflow
+    random.seed(4)
+    first = [retry_delay(3) for _ in range(5)]
+    random.seed(4)
+    assert [retry_delay(3) for _ in range(5)] == first
+
+
+def test_a_retry_is_scheduled_with_backoff_and_every_error_is_kept(settings, redis_client):
+    """In-process, deterministic: the due time of the retry in the delayed
+    set is the failure time plus a delay within [base/2, base]."""
+    settings.MQ_RETRY_BASE_SECONDS = 40.0  # nothing becomes due during the test
+    settings.MQ_RETRY_MAX_SECONDS = 300.0
+    failing = always_fails.enqueue("first")
+    assert Worker(worker_id="retrier", max_tasks=1).run() == 1
+    row = TaskRecord.objects.get(id=failing.id)
+    assert (row.status, row.attempts, len(row.errors)) == (TaskStatus.READY, 1, 1)
+    [(item, due)] = redis_client.zrange(keys.delayed(QUEUE), 0, -1, withscores=True)
+    failed_at = datetime.fromisoformat(row.errors[0]["at"]).timestamp()
+    assert 20.0 <= due - failed_at <= 40.0 + 1.0
+    assert b'"attempt":2' in item
+
+    settings.MQ_RETRY_BASE_SECONDS = 0.01  # now let the retries come due at once
+    redis_client.zadd(keys.delayed(QUEUE), {item: 0})
+    Worker(worker_id="retrier", burst=True).run()
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == (TaskStatus.FAILED, 3)
+    assert [e["attempt"] for e in row.errors] == [1, 2, 3]
+    assert all("RuntimeError: first" in e["traceback"] for e in row.errors)
