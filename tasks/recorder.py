@@ -188,6 +188,10 @@ class Recorder:
 def _parse_time(value):
     try:
         parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        parsed = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)
+        # Converted here, where an overflow can be caught: a message's
+        # "0001-01-01T00:00:00+14:00" is before year 1 in UTC, and the
+        # OverflowError raised while saving the row ended the worker.
+        return parsed.astimezone(dt_timezone.utc)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)

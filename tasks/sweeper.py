@@ -72,6 +72,8 @@ def _confirmed(queue, missing, now, confirm_seconds, lock_seconds):
     first_missing = {row["id"]: seen.get(row["id"], now) for row in missing}
     confirmed = [row for row in missing if now - first_missing[row["id"]] >= confirm_seconds]
     waiting = {task_id: since for task_id, since in first_missing.items() if now - since < confirm_seconds}
+    if not seen and not waiting:
+        return confirmed
     with queue.client.pipeline(transaction=True) as pipe:
         pipe.delete(key)
         if waiting:

@@ -10,6 +10,7 @@ processing list: a worker killed at any point loses nothing.
 Signal handlers only set ``stopping``; the loop notices it between tasks.
 """
 
+import json
 import logging
 import os
 from bisect import bisect_left
@@ -43,6 +44,9 @@ from .sdnotify import SystemdNotifier
 from .sweeper import sweep
 
 logger = logging.getLogger(__name__)
+
+# Deepest nesting of lists and objects accepted in a task's arguments.
+MAX_ARGS_DEPTH = 100
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
 
@@ -271,11 +275,24 @@ class Worker:
             if not raw_task or registry.get(raw_task) is None:
                 return BadMessage(f"not an mqsite envelope, and queue {queue_name!r} has no raw-message task", id=new_task_id())
             envelope = Envelope(id=new_task_id(), task=raw_task, queue=queue_name, args=[message.text], enqueued_at=now_iso())
-            return ("raw", envelope)
+            problem = _unstorable(message.text)
+            return BadMessage(problem, id=envelope.id) if problem else ("raw", envelope)
+        if isinstance(message, Envelope):
+            # Checked before anything stores or re-encodes the message: what a
+            # database refuses (DataError) or what recurses too deep ended the
+            # worker, and the message came back to end the next one.
+            if _nested_deeper(raw, [message.args, message.kwargs], MAX_ARGS_DEPTH):
+                # json.loads accepts nesting up to the recursion limit, but
+                # encoding a retry or saving the row recurses deeper still.
+                return BadMessage(f"args nested deeper than {MAX_ARGS_DEPTH} levels", id=message.id, task=_printable(message.task))
+            problem = _unstorable([message.task, message.args, message.kwargs])
+            if problem:
+                return BadMessage(problem, id=message.id, task=_printable(message.task))
         if isinstance(message, Envelope) and registry.get(message.task) is None:
             return BadMessage(f"unknown task {message.task!r}: not registered with @task", id=message.id, task=message.task)
-        if isinstance(message, BadMessage) and not message.id:
-            return replace(message, id=new_task_id())
+        if isinstance(message, BadMessage):
+            # Its task path is stored in the history row as it came.
+            return replace(message, id=message.id or new_task_id(), task=_printable(message.task))
         return message
 
     def _claim(self, envelopes):
@@ -319,6 +336,9 @@ class Worker:
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
                 result = to_json(value)
+                problem = _unstorable(result)
+                if problem:  # fail the run here, rather than the worker at the database write
+                    raise ValueError(f"the task's return value cannot be recorded: {problem}")
             return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
         except (Exception, TaskTimeLimitExceeded) as exc:
             error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
@@ -374,11 +394,18 @@ class Worker:
         self._db(self.recorder.record_bad, messages, queue.name, self.worker_id)
 
     def _dead_entry(self, raw, reason, task_id, task_path):
+        if len(raw) > mq_settings.MQ_MAX_MESSAGE_BYTES:
+            # An excerpt, as TAKE_BATCH keeps of what it dead-letters unread: an
+            # oversized item that came through the blocking take was kept whole,
+            # MQ_DEAD_LETTER_MAX of them filling Redis's memory.
+            raw = raw[:1024]
         text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
         return {"reason": reason, "id": task_id, "task": task_path, "worker": self.worker_id, "at": now_iso(), "item": text}
 
     def _error(self, exception, trace, attempt):
-        return {"exception": exception, "traceback": trace, "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+        # _printable: an exception's message may carry NUL or lone surrogates,
+        # which the history row cannot store (the write failed, ending the worker).
+        return {"exception": exception, "traceback": _printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
 
     # --- outages -----------------------------------------------------------
     def _db(self, fn, *args):
@@ -523,6 +550,63 @@ def time_limit(seconds):
 
 def utcnow():
     return datetime.now(dt_timezone.utc)
+
+
+def _nested_deeper(raw, value, limit):
+    """Whether ``value`` (decoded from ``raw``) nests lists/dicts deeper than
+    ``limit``, walked without recursion. Counting brackets in the raw text
+    first keeps the common, shallow message at one C-level scan."""
+    brackets = b"[{" if isinstance(raw, bytes) else "[{"
+    if raw.count(brackets[:1]) + raw.count(brackets[1:]) <= limit:
+        return False
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def _unstorable(value):
+    """Why the databases cannot store ``value`` (decoded JSON) as it is, or None.
+
+    Python's json reads and writes NaN and Infinity (also from 1e400), lone
+    surrogates and NUL characters; PostgreSQL refuses all of them, and SQLite's
+    JSON check refuses NaN. Messages and results carrying them are refused
+    before they reach a database write.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    except ValueError as exc:
+        return f"not storable as JSON: {exc}"
+    if "\\u0000" in text and _contains_nul(value):
+        return "contains NUL characters, which PostgreSQL cannot store"
+    return None
+
+
+def _contains_nul(value):
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _printable(text):
+    """``text`` without what a database text column refuses (NUL, lone surrogates)."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _traceback(exc):

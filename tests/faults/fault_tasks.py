@@ -37,7 +37,7 @@ def stubborn_sleep(path, seconds):
     while time.monotonic() < deadline:
         try:
             time.sleep(0.05)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - swallowing everything is the point
             pass
     return "finished"
 
@@ -50,3 +50,15 @@ def slow_first_time(context, path, line, seconds):
     if context.attempt == 1:
         time.sleep(float(seconds))
     return line
+
+
+@task
+def returns_unstorable(kind):
+    """Returns (or fails with) what Python's json writes but PostgreSQL refuses."""
+    if kind == "nan":
+        return float("nan")
+    if kind == "nul":
+        return "a\x00b"
+    if kind == "surrogate":
+        return "\ud800"
+    raise RuntimeError("NUL \x00 and a lone surrogate \udfff in an error message")

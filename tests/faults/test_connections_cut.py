@@ -39,12 +39,25 @@ def test_client_kill_while_workers_are_busy(redis_client, start_worker, tmp_path
     wait_for(lambda: not redis_leftovers(redis_client), message="nothing left in Redis")
 
 
-def test_server_frozen_longer_than_the_socket_timeout(redis_server, redis_client, start_worker, tmp_path):
+def sigstop(redis_server, redis_client):
+    redis_server.pause()
+    return redis_server.resume
+
+
+def client_pause(redis_server, redis_client):
+    # Redis holds every client's commands (this one's too, so it cannot
+    # unpause early), then runs them: the same ambiguity as SIGSTOP.
+    redis_client.execute_command("CLIENT", "PAUSE", 6000, "ALL")
+    return lambda: None
+
+
+@pytest.mark.parametrize("freeze", [sigstop, client_pause])
+def test_server_frozen_longer_than_the_socket_timeout(freeze, redis_server, redis_client, start_worker, tmp_path):
     runs = tmp_path / "runs.txt"
     ids = {f"t{i}": slow_append.enqueue(str(runs), f"t{i}", 0.05).id for i in range(60)}
     workers = [start_worker("p1"), start_worker("p2")]
     wait_for(lambda: count_status(ids.values()) >= 5, message="workers busy")
-    redis_server.pause()
+    thaw = freeze(redis_server, redis_client)
     try:
         # A producer meets the frozen server: it must get an answer, not hang.
         asked = time.monotonic()
@@ -55,7 +68,7 @@ def test_server_frozen_longer_than_the_socket_timeout(redis_server, redis_client
         assert time.monotonic() - asked < 20
         time.sleep(5)  # frozen well past MQ_SOCKET_TIMEOUT (3 s)
     finally:
-        redis_server.resume()
+        thaw()
     wait_for(all_final(ids.values()), timeout=60, message="all tasks SUCCESSFUL after the freeze")
     assert_each_ran_once(ids, runs)
     sentinel = append_to_file.enqueue(str(runs), "sentinel")

@@ -88,7 +88,7 @@ def test_many_writers_never_see_database_is_locked(start_worker, tmp_path):
             for i in range(10):
                 line = f"t{thread}-{i}"
                 ids[line] = append_to_file.enqueue(str(runs), line).id
-        except Exception as exc:  # reported below, with the others
+        except Exception as exc:  # noqa: BLE001 - reported below, with the others
             errors.append(repr(exc))
         finally:
             connections.close_all()

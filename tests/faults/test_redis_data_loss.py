@@ -9,7 +9,13 @@ from django.utils import timezone
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import append_to_file
-from tests.faults.conftest import all_final, count_status, executions, kill, redis_leftovers
+from tests.faults.conftest import (
+    all_final,
+    count_status,
+    executions,
+    kill,
+    redis_leftovers,
+)
 from tests.faults.fault_tasks import flaky_append, slow_append, slow_first_time
 from tests.processes import wait_for
 

@@ -1,0 +1,158 @@
+"""Scenario 8: hostile input pushed straight into Redis. Nothing in a message
+runs code or imports a module that is not a registered task; the worker's
+memory stays bounded; the worker goes on, and the next good task succeeds.
+(HTTP input, tokens, CSRF and admin rights are tested with the web code.)"""
+
+import json
+import os
+import pickle
+import sys
+
+import pytest
+
+from tasks import keys
+from tasks.models import TaskRecord, TaskStatus
+from tasks.tasks import append_to_file
+from tasks.worker import Worker
+from tests.faults.conftest import QUEUE, all_final, executions
+from tests.faults.fault_tasks import returns_unstorable
+from tests.processes import wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
+
+NOT_TASKS = ["os.system", "subprocess.run", "builtins.eval", "posix.system", "tasks.tasks.__builtins__", "tasks.tasks.os.system"]
+
+
+class Exploit:
+    """Unpickling this would run a shell command that creates a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def nested(depth, inner="1"):
+    return "[" * depth + inner + "]" * depth
+
+
+def hostile_items(marker):
+    items = [pickle.dumps(Exploit(marker), protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    for n, path in enumerate(NOT_TASKS):
+        items.append(json.dumps({"id": f"evil-{n}", "task": path, "args": [f"touch {marker}"], "kwargs": {}}))
+    items += [
+        b"\xff\xfe\x00 not utf-8 \xc3\x28",
+        nested(100_000),  # not even parseable: a raw payload
+        '{"id": "deep-object", "task": "tasks.tasks.add", "args": ' + nested(100_000) + "}",
+        # parseable, but deep enough to break anything that recurses on it later
+        '{"id": "deep-args-1", "task": "tasks.tasks.add", "args": [' + nested(500) + ", 1]}",
+        '{"id": "deep-args-2", "task": "tasks.tasks.append_to_file", "args": [' + nested(900) + ', "x"]}',
+        '{"id": "deep-kwargs", "task": "tasks.tasks.add", "args": [], "kwargs": {"a": ' + nested(950) + "}}",
+        *UNSTORABLE.values(),
+    ]
+    return items
+
+
+# Values Python's json reads but a database refuses, and times that overflow
+# when converted to UTC: each ended the worker at the database write.
+UNSTORABLE = {
+    "nul-args": '{"id": "v-nul-args", "task": "tasks.tasks.add", "args": ["a\\u0000b", "c"]}',
+    "nul-raw": "abc\x00def",
+    "nul-task": '{"id": "v-nul-task", "task": "tasks.tasks.add\\u0000x", "args": [1, 2]}',
+    "nul-key": '{"id": "v-nul-key", "task": "tasks.tasks.add", "kwargs": {"a\\u0000": 1, "b": 2}}',
+    "nan": '{"id": "v-nan", "task": "tasks.tasks.add", "args": [NaN, 1]}',
+    "infinity": '{"id": "v-inf", "task": "tasks.tasks.add", "args": [1e400, 1]}',
+    "surrogate": '{"id": "v-surrogate", "task": "tasks.tasks.add", "args": ["\\ud800", "x"]}',
+    "surrogate-task": '{"id": "v-surrogate-task", "task": "\\udfff", "args": []}',
+    "year-0": '{"id": "v-year-0", "task": "tasks.tasks.add", "args": [1, 2], "enqueued_at": "0001-01-01T00:00:00+14:00"}',
+    "year-10000": '{"id": "v-year-10000", "task": "tasks.tasks.add", "args": [1, 2], "enqueued_at": "9999-12-31T23:59:59-14:00"}',
+}
+
+
+def test_hostile_items_never_run_code_and_never_stop_the_worker(redis_client, start_worker, tmp_path):
+    marker = tmp_path / "pwned"
+    runs = tmp_path / "runs.txt"
+    worker = start_worker("target")
+    wait_for(lambda: "event=worker_start" in worker.log(), message="worker started")
+    for item in hostile_items(marker):
+        redis_client.lpush(QUEUE, item)
+    good = append_to_file.enqueue(str(runs), "good")
+    wait_for(all_final([good.id]), timeout=60, message="the good task after the hostile ones")
+    assert worker.alive()
+    assert not marker.exists(), "a message ran a shell command"
+    assert executions(runs) == {"good": 1}
+    rows = dict(TaskRecord.objects.filter(id__startswith="evil-").values_list("id", "status"))
+    assert rows == {f"evil-{n}": TaskStatus.DEAD for n in range(len(NOT_TASKS))}
+    assert TaskRecord.objects.filter(status=TaskStatus.RUNNING).count() == 0
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_ten_megabyte_items_keep_the_worker_memory_bounded(redis_client, start_worker, tmp_path):
+    runs = tmp_path / "runs.txt"
+    worker = start_worker("big")
+    wait_for(lambda: "event=worker_start" in worker.log(), message="worker started")
+    baseline = worker.rss_kib()
+    peak = baseline
+    big = "x" * (10 * 1024 * 1024)
+    for n in range(20):
+        # One at a time into an idle worker: each arrives through the blocking
+        # take, which hands the whole item to the worker.
+        redis_client.lpush(QUEUE, json.dumps({"id": f"big-{n}", "task": "tasks.tasks.add", "args": [big]}))
+        wait_for(lambda: redis_client.llen(QUEUE) == 0, message="item taken")
+        peak = max(peak, worker.rss_kib())
+    good = append_to_file.enqueue(str(runs), "good")
+    wait_for(all_final([good.id]), message="the good task after the big ones")
+    peak = max(peak, worker.rss_kib())
+    assert worker.alive()
+    # Twenty items held at once would be 200 MB and more; one at a time, and
+    # freed, stays far below.
+    assert peak - baseline < 80 * 1024, f"RSS grew from {baseline} KiB to {peak} KiB"
+    assert worker.rss_kib() - baseline < 40 * 1024
+    dead = redis_client.lrange(keys.dead(QUEUE), 0, -1)
+    assert len(dead) == 20
+    assert max(len(entry) for entry in dead) < 64 * 1024, "dead letters keep a bounded excerpt, not 10 MB each"
+    assert all("oversized" in json.loads(entry)["reason"] for entry in dead)
+
+
+def test_a_task_path_in_a_message_never_imports_anything(redis_client):
+    """In-process, so sys.modules can be inspected: naming a module that is
+    not a registered task's must not import it, even to look."""
+    paths = {"this": "this.s", "antigravity": "antigravity.geohash", "ftplib": "ftplib.FTP", "xmlrpc.server": "xmlrpc.server.SimpleXMLRPCServer"}
+    fresh = {module: path for module, path in paths.items() if module not in sys.modules}
+    assert {"this", "antigravity"} <= set(fresh)
+    for n, path in enumerate(fresh.values()):
+        redis_client.lpush(QUEUE, json.dumps({"id": f"import-{n}", "task": path, "args": []}))
+    good = append_to_file.enqueue(os.devnull, "good")
+    Worker(worker_id="inspector", burst=True).run()
+    assert [module for module in fresh if module in sys.modules] == []
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    dead = TaskRecord.objects.filter(id__startswith="import-")
+    assert dead.count() == len(fresh) and all(r.status == TaskStatus.DEAD and "unknown task" in r.error for r in dead)
+
+
+@pytest.mark.parametrize("name", list(UNSTORABLE))
+def test_values_a_database_refuses_are_dead_lettered_not_fatal(name, redis_client):
+    redis_client.lpush(QUEUE, UNSTORABLE[name])
+    good = append_to_file.enqueue(os.devnull, "good")
+    Worker(worker_id="careful", burst=True).run()  # raised before the fix
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    assert redis_client.llen(QUEUE) == 0 and redis_client.llen(keys.processing(QUEUE, "careful")) == 0
+    other = TaskRecord.objects.exclude(id=good.id).get()
+    if name.startswith("year"):  # harmless once the time is read safely: it runs
+        assert (other.status, other.result) == (TaskStatus.SUCCESSFUL, 3)
+    else:
+        assert other.status == TaskStatus.DEAD
+        assert "\x00" not in other.task_path + other.error
+
+
+@pytest.mark.parametrize("kind", ["nan", "nul", "surrogate", "error"])
+def test_results_and_errors_a_database_refuses_fail_the_task_not_the_worker(kind, settings):
+    settings.MQ_MAX_ATTEMPTS = 1
+    bad = returns_unstorable.enqueue(kind)
+    good = append_to_file.enqueue(os.devnull, "good")
+    Worker(worker_id="careful", burst=True).run()  # raised before the fix
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    row = TaskRecord.objects.get(id=bad.id)
+    assert row.status == TaskStatus.FAILED and len(row.errors) == 1
+    assert ("cannot be recorded" in row.error) is (kind != "error")
