@@ -18,7 +18,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import registry
-from .compat import BaseTaskBackend, TaskError, TaskResult, TaskResultDoesNotExist, TaskResultStatus
+from .compat import (
+    BaseTaskBackend,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+)
 from .conf import mq_settings
 from .connection import get_redis
 from .envelope import Envelope

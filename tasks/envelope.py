@@ -8,8 +8,10 @@ with the reason it is bad.
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+
+from .storable import MAX_ARGS_DEPTH, nested_deeper, printable, unstorable
 
 # Ids travel into Redis keys, logs and URLs: keep them boring.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -40,7 +42,7 @@ class Envelope:
         )
 
     def next_attempt(self):
-        return Envelope(**{**asdict(self), "attempt": self.attempt + 1})
+        return replace(self, attempt=self.attempt + 1)
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,23 @@ def decode(raw, queue_name, max_bytes):
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
-        return RawPayload(text)
+        data = None
     if not isinstance(data, dict) or "task" not in data:
-        return RawPayload(text)
-    return _envelope_from(data, queue_name)
+        problem = unstorable(text)
+        return BadMessage(problem) if problem else RawPayload(text)
+    envelope = _envelope_from(data, queue_name)
+    if isinstance(envelope, Envelope):
+        # Checked before anything stores or re-encodes the message: a value the
+        # database refuses, or nesting that recurses too deep, would end the
+        # worker, and the message would come back to end the next one.
+        if nested_deeper(text, [envelope.args, envelope.kwargs], MAX_ARGS_DEPTH):
+            return BadMessage(f"args nested deeper than {MAX_ARGS_DEPTH} levels", id=envelope.id, task=printable(envelope.task))
+        problem = unstorable([envelope.task, envelope.args, envelope.kwargs])
+        if problem:
+            return BadMessage(problem, id=envelope.id, task=printable(envelope.task))
+    elif envelope.task:
+        envelope = replace(envelope, task=printable(envelope.task))  # stored in history as it came
+    return envelope
 
 
 def _envelope_from(data, queue_name):

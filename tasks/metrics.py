@@ -29,7 +29,7 @@ from .conf import mq_settings
 from .connection import get_redis
 from .queue import ReliableQueue
 from .status import channel_subscribers, history_counts, queue_names
-from .worker import DURATION_BUCKETS
+from .batch import DURATION_BUCKETS
 
 logger = logging.getLogger(__name__)
 

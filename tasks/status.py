@@ -60,6 +60,8 @@ def redis_warnings(client):
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
     except ResponseError:  # CONFIG is disabled on some managed services
         return []
-    if policy not in ("noeviction",) and not policy.startswith("volatile"):
-        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys. Use noeviction."]
+    # volatile-* policies evict only keys with a TTL, but worker leases have
+    # one: an evicted lease makes a live worker's tasks run a second time.
+    if policy != "noeviction":
+        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys or leases. Use noeviction."]
     return []

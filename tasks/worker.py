@@ -10,20 +10,14 @@ processing list: a worker killed at any point loses nothing.
 Signal handlers only set ``stopping``; the loop notices it between tasks.
 """
 
-import json
 import logging
 import os
-from bisect import bisect_left
-from datetime import datetime
-from datetime import timezone as dt_timezone
-import random
-import signal
 import socket
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from functools import partial
 
 from django.db import close_old_connections, connections
@@ -31,32 +25,25 @@ from redis.exceptions import RedisError
 
 from . import presence, registry
 from .backend import context_result, new_task_id, to_json
+from .batch import Ack, retry_delay
 from .compat import TaskContext
 from .conf import mq_settings
-from .dbretry import retry_database
 from .connection import get_redis
+from .dbretry import retry_database
 from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso
 from .faults import fault_point
+from .heartbeat import Heartbeat
 from .models import TaskStatus
 from .queue import QueueUnavailable, ReliableQueue
 from .recorder import Outcome, Recorder
 from .sdnotify import SystemdNotifier
+from .storable import printable, unstorable
 from .sweeper import sweep
+from .timelimit import TaskTimeLimitExceeded, install_time_limit_handler, time_limit
 
 logger = logging.getLogger(__name__)
 
-# Deepest nesting of lists and objects accepted in a task's arguments.
-MAX_ARGS_DEPTH = 100
 
-DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
-
-
-class TaskTimeLimitExceeded(BaseException):
-    """Raised into a task that overran its time limit.
-
-    A BaseException, like KeyboardInterrupt: a task's own ``except Exception``
-    (a retry loop, careless error handling) must not swallow it and hang on.
-    """
 
 
 class Worker:
@@ -80,11 +67,8 @@ class Worker:
         self._next_sweep = 0.0
         self._turn = 0
         self._redis_failing = False
-        self._exit = threading.Event()
-        self._heartbeat_thread = None
         self._batch_options = {}
-        self._told_stopping = False
-        self._stopping_lock = threading.Lock()
+        self.heartbeat = Heartbeat(self)
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -136,7 +120,7 @@ class Worker:
                     moved = queue.recover_own(self.worker_id)
                     if moved:
                         logger.warning("event=recovered_own worker=%s queue=%s items=%d", self.worker_id, queue.name, moved)
-                self._heartbeat()
+                self.heartbeat.beat()
                 break
             except RedisError as exc:
                 self._log_redis_down(exc)
@@ -144,10 +128,9 @@ class Worker:
                 delay = min(delay * 2, 5.0)
         if self.stopping:
             return False
-        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="mq-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
+        self.heartbeat.start()
         logger.info("event=worker_start worker=%s queues=%s pid=%d", self.worker_id, ",".join(self.queue_names), os.getpid())
-        self.notifier.ready(self._status())
+        self.notifier.ready(self.status_text())
         return True
 
     def _maintain(self):
@@ -269,30 +252,18 @@ class Worker:
         self._adapt_batch_size(len(runnable) - len(unrun), time.monotonic() - batch_started)
 
     def _classify(self, raw, queue_name):
+        """An Envelope to run, a ("raw", Envelope) wrapping a raw payload, or a
+        BadMessage (with an id, so it gets a history row)."""
         message = decode(raw, queue_name, mq_settings.MQ_MAX_MESSAGE_BYTES)
         if isinstance(message, RawPayload):
             raw_task = mq_settings.MQ_RAW_MESSAGE_TASKS.get(queue_name)
             if not raw_task or registry.get(raw_task) is None:
                 return BadMessage(f"not an mqsite envelope, and queue {queue_name!r} has no raw-message task", id=new_task_id())
-            envelope = Envelope(id=new_task_id(), task=raw_task, queue=queue_name, args=[message.text], enqueued_at=now_iso())
-            problem = _unstorable(message.text)
-            return BadMessage(problem, id=envelope.id) if problem else ("raw", envelope)
-        if isinstance(message, Envelope):
-            # Checked before anything stores or re-encodes the message: what a
-            # database refuses (DataError) or what recurses too deep ended the
-            # worker, and the message came back to end the next one.
-            if _nested_deeper(raw, [message.args, message.kwargs], MAX_ARGS_DEPTH):
-                # json.loads accepts nesting up to the recursion limit, but
-                # encoding a retry or saving the row recurses deeper still.
-                return BadMessage(f"args nested deeper than {MAX_ARGS_DEPTH} levels", id=message.id, task=_printable(message.task))
-            problem = _unstorable([message.task, message.args, message.kwargs])
-            if problem:
-                return BadMessage(problem, id=message.id, task=_printable(message.task))
+            return ("raw", Envelope(id=new_task_id(), task=raw_task, queue=queue_name, args=[message.text], enqueued_at=now_iso()))
         if isinstance(message, Envelope) and registry.get(message.task) is None:
             return BadMessage(f"unknown task {message.task!r}: not registered with @task", id=message.id, task=message.task)
-        if isinstance(message, BadMessage):
-            # Its task path is stored in the history row as it came.
-            return replace(message, id=message.id or new_task_id(), task=_printable(message.task))
+        if isinstance(message, BadMessage) and not message.id:
+            return replace(message, id=new_task_id())
         return message
 
     def _claim(self, envelopes):
@@ -307,6 +278,14 @@ class Worker:
             self._db(self.recorder.create_missing, missing)
             attempts.update(self._db(self.recorder.claim, [e.id for e in missing], self.worker_id))
         return attempts
+
+    def status_text(self):
+        current = self.current
+        return f"processed={self.processed} failed={self.failed} current={current[0].task if current else '-'}"
+
+    def time_limit_of(self, task_path):
+        """The limit the running batch applies to a task (None: unlimited)."""
+        return self._batch_options.get(task_path, (None, None))[1]
 
     def _options(self, task_path):
         """(max_attempts, time_limit) of a task, read once per batch: settings
@@ -336,7 +315,7 @@ class Worker:
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
                 result = to_json(value)
-                problem = _unstorable(result)
+                problem = unstorable(result)
                 if problem:  # fail the run here, rather than the worker at the database write
                     raise ValueError(f"the task's return value cannot be recorded: {problem}")
             return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
@@ -405,7 +384,7 @@ class Worker:
     def _error(self, exception, trace, attempt):
         # _printable: an exception's message may carry NUL or lone surrogates,
         # which the history row cannot store (the write failed, ending the worker).
-        return {"exception": exception, "traceback": _printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+        return {"exception": exception, "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
 
     # --- outages -----------------------------------------------------------
     def _db(self, fn, *args):
@@ -435,63 +414,9 @@ class Worker:
             logger.error("event=redis_down worker=%s error=%r", self.worker_id, str(exc))
         self._redis_failing = True
 
-    # --- liveness ----------------------------------------------------------
-    def _heartbeat(self):
-        for queue in self.queues:
-            queue.register(self.worker_id, mq_settings.MQ_LEASE_SECONDS)
-        current = self.current
-        info = {
-            "queues": self.queue_names,
-            "processed": self.processed,
-            "failed": self.failed,
-            "current": current[0].task if current else None,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
-        presence.announce(self.client, "worker", self.worker_id, info, mq_settings.MQ_LEASE_SECONDS * 3)
-
-    def _heartbeat_loop(self):
-        """Renew the lease while the main thread runs long tasks.
-
-        It feeds the systemd watchdog only on behalf of a task still inside its
-        time limit; a main loop stuck anywhere else stops the pings.
-        """
-        interval = mq_settings.MQ_LEASE_SECONDS / 3
-        next_beat = time.monotonic() + interval
-        while not self._exit.wait(0.25):
-            if self.stopping:
-                # Now, not when the running task ends: systemd is told at once.
-                self._tell_stopping()
-            current = self.current
-            if current is not None:
-                limit = self._batch_options.get(current[0].task, (None, None))[1]
-                if limit is None or time.monotonic() - current[1] < limit + 5:
-                    self.notifier.watchdog()
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + interval
-                try:
-                    self._heartbeat()
-                    self.notifier.status(self._status())
-                except RedisError:
-                    pass  # the main loop reports Redis outages
-
-    def _status(self):
-        current = self.current
-        return f"processed={self.processed} failed={self.failed} current={current[0].task if current else '-'}"
-
-    def _tell_stopping(self):
-        """STOPPING=1 once, from whichever thread notices first."""
-        with self._stopping_lock:
-            if self._told_stopping:
-                return
-            self._told_stopping = True
-        self.notifier.stopping()
-
     def _shutdown(self):
-        self._exit.set()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(timeout=2)
-        self._tell_stopping()
+        self.heartbeat.stop()
+        self.heartbeat.tell_stopping()
         try:
             for queue in self.queues:
                 queue.release(self.worker_id)
@@ -502,111 +427,8 @@ class Worker:
         logger.info("event=worker_stop worker=%s processed=%d failed=%d", self.worker_id, self.processed, self.failed)
 
 
-class Ack:
-    """What one batch hands back to Redis and the database."""
-
-    def __init__(self):
-        self.done, self.finished_ids, self.retries, self.dead = [], [], [], []
-        self.successes, self.failures = [], []
-        self.stats = {}
-
-    def count(self, verdict, duration):
-        bucket = DURATION_BUCKETS[bisect_left(DURATION_BUCKETS, duration)]
-        for name, amount in ((f"outcome:{verdict}", 1), (f"duration_bucket:{bucket}", 1), ("duration_sum", duration)):
-            self.stats[name] = self.stats.get(name, 0) + amount
-
-
-def retry_delay(attempt):
-    """Exponential backoff with jitter: half fixed, half random."""
-    # The exponent is capped: past ~1024 attempts 2 ** n no longer converts to
-    # a float, and the OverflowError would end the worker.
-    base = min(mq_settings.MQ_RETRY_MAX_SECONDS, mq_settings.MQ_RETRY_BASE_SECONDS * 2 ** min(attempt - 1, 64))
-    return base / 2 + random.uniform(0, base / 2)
-
-
-def _expire(signum, frame):
-    raise TaskTimeLimitExceeded("task exceeded its time limit")
-
-
-def install_time_limit_handler():
-    """SIGALRM interrupts Python code and most blocking calls. Signals need the
-    main thread, so elsewhere (a Worker driven in a thread) no limit applies."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGALRM, _expire)
-
-
-@contextmanager
-def time_limit(seconds):
-    """Interrupt the task with TaskTimeLimitExceeded after ``seconds``."""
-    if not seconds or signal.getsignal(signal.SIGALRM) is not _expire:
-        yield
-        return
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
 def utcnow():
     return datetime.now(dt_timezone.utc)
-
-
-def _nested_deeper(raw, value, limit):
-    """Whether ``value`` (decoded from ``raw``) nests lists/dicts deeper than
-    ``limit``, walked without recursion. Counting brackets in the raw text
-    first keeps the common, shallow message at one C-level scan."""
-    brackets = b"[{" if isinstance(raw, bytes) else "[{"
-    if raw.count(brackets[:1]) + raw.count(brackets[1:]) <= limit:
-        return False
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
-
-
-def _unstorable(value):
-    """Why the databases cannot store ``value`` (decoded JSON) as it is, or None.
-
-    Python's json reads and writes NaN and Infinity (also from 1e400), lone
-    surrogates and NUL characters; PostgreSQL refuses all of them, and SQLite's
-    JSON check refuses NaN. Messages and results carrying them are refused
-    before they reach a database write.
-    """
-    try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
-    except ValueError as exc:
-        return f"not storable as JSON: {exc}"
-    if "\\u0000" in text and _contains_nul(value):
-        return "contains NUL characters, which PostgreSQL cannot store"
-    return None
-
-
-def _contains_nul(value):
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def _printable(text):
-    """``text`` without what a database text column refuses (NUL, lone surrogates)."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _traceback(exc):

@@ -18,8 +18,8 @@ from tasks import metrics, presence
 from tasks.backend import queue_for
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add, always_fails
-from tasks.worker import DURATION_BUCKETS, Worker
-from tests.outage import redis_down  # noqa: F401  (fixture)
+from tasks.batch import DURATION_BUCKETS
+from tasks.worker import Worker
 from tests.processes import wait_for
 
 AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}

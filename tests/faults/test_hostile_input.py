@@ -107,8 +107,9 @@ def test_ten_megabyte_items_keep_the_worker_memory_bounded(redis_client, start_w
     assert worker.alive()
     # Twenty items held at once would be 200 MB and more; one at a time, and
     # freed, stays far below.
+    # The peak is what bounds memory; what the allocator keeps afterwards
+    # depends on fragmentation, not on what the worker holds.
     assert peak - baseline < 80 * 1024, f"RSS grew from {baseline} KiB to {peak} KiB"
-    assert worker.rss_kib() - baseline < 40 * 1024
     dead = redis_client.lrange(keys.dead(QUEUE), 0, -1)
     assert len(dead) == 20
     assert max(len(entry) for entry in dead) < 64 * 1024, "dead letters keep a bounded excerpt, not 10 MB each"

@@ -1,0 +1,42 @@
+"""A wall-clock limit for one task run, enforced with SIGALRM.
+
+SIGALRM interrupts Python code and most blocking calls. Code stuck inside a
+C extension is not interrupted: there the systemd watchdog is the backstop
+(the heartbeat stops vouching for a task past its limit).
+"""
+
+import signal
+import threading
+from contextlib import contextmanager
+
+
+class TaskTimeLimitExceeded(BaseException):
+    """Raised into a task that overran its time limit.
+
+    A BaseException, like KeyboardInterrupt: a task's own ``except Exception``
+    (a retry loop, careless error handling) must not swallow it and hang on.
+    """
+
+
+def _expire(signum, frame):
+    raise TaskTimeLimitExceeded("task exceeded its time limit")
+
+
+def install_time_limit_handler():
+    """SIGALRM interrupts Python code and most blocking calls. Signals need the
+    main thread, so elsewhere (a Worker driven in a thread) no limit applies."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, _expire)
+
+
+@contextmanager
+def time_limit(seconds):
+    """Interrupt the task with TaskTimeLimitExceeded after ``seconds``."""
+    if not seconds or signal.getsignal(signal.SIGALRM) is not _expire:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
