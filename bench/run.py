@@ -303,7 +303,7 @@ def peer_run_once(python, name, port, args, run, logdir):
     module, config, _ = PEERS[name]
     out = VAR / "tmp-peer.jsonl"
     out.unlink(missing_ok=True)
-    env = dict(os.environ, PORT=str(port), LOGDIR=str(logdir), LATFILE=str(VAR / f"peers-lat-{port}.txt"),
+    env = dict(os.environ, PORT=str(port), LOGDIR=str(logdir), LATFILE=str(logdir / f"peers-lat-{port}.txt"),
                PYTHONDONTWRITEBYTECODE="1")
     argv = [str(python), "bench.py", module, config, "--n", str(args.n), "--runs", "1", "--run-offset", str(run - 1),
             "--lat-n", str(args.lat_n), "--spacing", str(args.spacing), "--light-n", str(args.light_n),

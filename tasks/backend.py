@@ -12,6 +12,7 @@ the committed row is delivered later by the sweeper.
 import json
 import logging
 import secrets
+import weakref
 from datetime import datetime
 
 from django.db import transaction
@@ -37,8 +38,21 @@ logger = logging.getLogger(__name__)
 __all__ = ["RedisTaskBackend", "QueueUnavailable", "queue_for"]
 
 
+_queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
+
+
 def queue_for(queue_name):
-    return ReliableQueue(get_redis(), queue_name, mq_settings.queue_key(queue_name))
+    """The queue of that name on the configured server.
+
+    Cached per client: a ReliableQueue registers (hashes) its scripts, a
+    visible cost on every enqueue otherwise.
+    """
+    client = get_redis()
+    cached = (queue_name, mq_settings.queue_key(queue_name))
+    queues = _queues.setdefault(client, {})
+    if cached not in queues:
+        queues[cached] = ReliableQueue(client, *cached)
+    return queues[cached]
 
 
 def new_task_id():
@@ -48,6 +62,8 @@ def new_task_id():
 def to_json(value):
     """Round-trip through JSON: tuples become lists, anything else JSON cannot
     carry raises TypeError before a row is written."""
+    if value is None or type(value) in (str, int, bool):
+        return value  # the common no-op result, without a round trip
     return json.loads(json.dumps(value))
 
 

@@ -13,10 +13,19 @@ import time
 from .conf import mq_settings
 
 _seen = {}
+_configured = []
+
+
+def _spec():
+    # Read once: the setting comes from a test's environment at process start,
+    # and a settings lookup per task is a measurable share of a no-op task.
+    if not _configured:
+        _configured.append(mq_settings.MQ_FAULT)
+    return _configured[0]
 
 
 def fault_point(name):
-    spec = mq_settings.MQ_FAULT
+    spec = _spec()
     if not spec:
         return
     point, _, nth = spec.partition(":")

@@ -29,7 +29,8 @@ class TaskRecord(models.Model):
     backend = models.CharField(max_length=100, default="default")
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=10, choices=TaskStatus.choices, default=TaskStatus.READY, db_index=True)
+    # No index of its own: "task_open_by_queue" starts with status.
+    status = models.CharField(max_length=10, choices=TaskStatus.choices, default=TaskStatus.READY)
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, crashed runs included.")
     worker = models.CharField(max_length=100, blank=True, help_text="Worker of the latest attempt.")
     enqueued_at = models.DateTimeField(db_index=True)

@@ -56,6 +56,7 @@ class ReliableQueue:
         self._take = client.register_script(scripts.TAKE_BATCH)
         self._recover = client.register_script(scripts.RECOVER)
         self._promote = client.register_script(scripts.PROMOTE_DUE)
+        self._ack = client.register_script(scripts.ACK)
 
     # --- producers -------------------------------------------------------
     def push(self, envelopes, max_length=None):
@@ -116,23 +117,17 @@ class ReliableQueue:
         delayed set; dead are dead-letter entries (dicts); stats are counter
         increments for /metrics.
         """
-        processing = keys.processing(self.key, worker_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            for name, amount in (stats or {}).items():
-                if isinstance(amount, float):
-                    pipe.hincrbyfloat(self.stats_key, name, amount)
-                else:
-                    pipe.hincrby(self.stats_key, name, amount)
-            if retries:
-                pipe.zadd(self.delayed_key, {envelope.encode(): due for envelope, due in retries})
-            if dead:
-                pipe.lpush(self.dead_key, *(json.dumps(entry) for entry in dead))
-                pipe.ltrim(self.dead_key, 0, dead_max - 1)
-            if finished_ids:
-                pipe.srem(self.ids_key, *finished_ids)
-            for item in done:
-                pipe.lrem(processing, 1, item)
-            pipe.execute()
+        stats = stats or {}
+        argv = [dead_max, len(done), len(finished_ids), len(retries), len(dead), len(stats), *done, *finished_ids]
+        for envelope, due in retries:
+            argv += [due, envelope.encode()]
+        argv += [json.dumps(entry) for entry in dead]
+        for name, amount in stats.items():
+            argv += [name, amount]
+        self._ack(
+            keys=[keys.processing(self.key, worker_id), self.ids_key, self.delayed_key, self.dead_key, self.stats_key],
+            args=argv,
+        )
 
     def promote_due(self, now=None, limit=1000):
         """Move due delayed items onto the queue; return the next due time or None."""

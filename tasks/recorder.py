@@ -44,6 +44,13 @@ class Recorder:
     def _json_param(self):
         return "CAST(%s AS jsonb)" if self.connection.vendor == "postgresql" else "%s"
 
+    def _unindexed(self, column):
+        # Without statistics SQLite's planner picks an index on status for
+        # "status IN (...)" and scans every open row, a cost that grows with
+        # the queue; the unary + keeps it on the primary key. PostgreSQL's
+        # planner has statistics (and has no unary + for text).
+        return f"+{column}" if self.is_sqlite else column
+
     def _dt(self, value):
         if self.is_sqlite:
             # What adapt_datetimefield_value does, without its settings lookups
@@ -86,7 +93,7 @@ class Recorder:
         marks = ", ".join(["%s"] * len(ids))
         sql = (
             f"UPDATE {self.table} SET status = %s, attempts = attempts + 1, worker = %s, started_at = %s "
-            f"WHERE id IN ({marks}) AND status IN (%s, %s) RETURNING id, attempts"
+            f"WHERE id IN ({marks}) AND {self._unindexed('status')} IN (%s, %s) RETURNING id, attempts"
         )
         params = [TaskStatus.RUNNING, worker_id, self._dt(now), *ids, *OPEN_STATUSES]
         with self.connection.cursor() as cursor:

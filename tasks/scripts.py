@@ -59,6 +59,52 @@ end
 return {items, oversized}
 """
 
+# Why: acknowledging a batch is one command, not one per item: building,
+# sending and parsing 200 LREMs cost a fifth of a no-op task. Atomic, so the
+# items leave the processing list together with their retries, dead letters
+# and counters. Items were pushed on the left as they were taken, so the
+# oldest sits at the tail and LREM from the tail finds each at once.
+ACK = """
+-- KEYS[1] = this worker's processing list
+-- KEYS[2] = task id set (the sweeper's index)
+-- KEYS[3] = delayed sorted set
+-- KEYS[4] = dead-letter list
+-- KEYS[5] = stats hash
+-- ARGV[1] = dead-letter list's maximum length
+-- ARGV[2..6] = how many: done items, finished ids, retries, dead entries, stats
+-- then, in that order: items; ids; due time + envelope pairs; entries;
+-- field + increment pairs.
+local i = 7
+local function take(count, width)
+  local first = i
+  i = i + count * width
+  return first
+end
+local counts = {}
+for k = 1, 5 do counts[k] = tonumber(ARGV[k + 1]) end
+local done, ids = take(counts[1], 1), take(counts[2], 1)
+local retries, dead, stats = take(counts[3], 2), take(counts[4], 1), take(counts[5], 2)
+for k = 0, counts[5] - 1 do
+  redis.call('HINCRBYFLOAT', KEYS[5], ARGV[stats + 2 * k], ARGV[stats + 2 * k + 1])
+end
+for k = 0, counts[3] - 1 do
+  redis.call('ZADD', KEYS[3], ARGV[retries + 2 * k], ARGV[retries + 2 * k + 1])
+end
+for k = 0, counts[4] - 1 do
+  redis.call('LPUSH', KEYS[4], ARGV[dead + k])
+end
+if counts[4] > 0 then
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[1]) - 1)
+end
+for k = 0, counts[2] - 1 do
+  redis.call('SREM', KEYS[2], ARGV[ids + k])
+end
+for k = 0, counts[1] - 1 do
+  redis.call('LREM', KEYS[1], -1, ARGV[done + k])
+end
+return counts[1]
+"""
+
 # Why: two workers may both notice that a third one died; only one of them
 # must move its in-flight items back, and only if the lease is really gone.
 # A dead worker's items go to the recovered list (taken one at a time); a

@@ -27,12 +27,18 @@ def install_time_limit_handler():
     main thread, so elsewhere (a Worker driven in a thread) no limit applies."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGALRM, _expire)
+        _installed.append(True)
+
+
+# A flag rather than signal.getsignal() per task: that converts to an enum,
+# a measurable share of a no-op task.
+_installed = []
 
 
 @contextmanager
 def time_limit(seconds):
     """Interrupt the task with TaskTimeLimitExceeded after ``seconds``."""
-    if not seconds or signal.getsignal(signal.SIGALRM) is not _expire:
+    if not seconds or not _installed or threading.current_thread() is not threading.main_thread():
         yield
         return
     signal.setitimer(signal.ITIMER_REAL, seconds)
