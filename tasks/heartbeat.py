@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
 
 from . import presence
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 # How often the thread looks at the worker; heartbeats are rarer (lease / 3).
 TICK_SECONDS = 0.25
+# How often SQLite's write-ahead log is checkpointed (see Recorder.checkpoint).
+CHECKPOINT_SECONDS = 1.0
 # Grace past a task's time limit before the watchdog is left to fire.
 LIMIT_GRACE_SECONDS = 5
 
@@ -67,10 +70,23 @@ class Heartbeat:
         self.worker.notifier.stopping()
 
     def _run(self):
+        try:
+            self._loop()
+        finally:
+            connections.close_all()  # this thread's own database connection
+
+    def _loop(self):
         worker = self.worker
         interval = mq_settings.MQ_LEASE_SECONDS / 3
         next_beat = time.monotonic() + interval
+        next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
         while not self._exit.wait(TICK_SECONDS):
+            if time.monotonic() >= next_checkpoint:
+                next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+                try:
+                    worker.recorder.checkpoint()
+                except DatabaseError:
+                    pass  # the main loop reports database outages
             if worker.stopping:
                 # Now, not when the running task ends: systemd is told at once.
                 self.tell_stopping()
