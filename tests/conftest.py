@@ -36,3 +36,13 @@ def redis_client(redis_server):
     client = redis_server.client()
     yield client
     client.close()
+
+
+@pytest.fixture
+def subscriber(redis_client):
+    """A plain redis-py subscriber on the default channel, subscribed for sure."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("task:pubsub:channel")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    yield pubsub
+    pubsub.close()

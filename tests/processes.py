@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, connections
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -82,3 +83,17 @@ def stop(process, sig=signal.SIGTERM, timeout=20):
             process.kill()
             process.wait()
     return process.returncode
+
+
+def run_in_thread(target):
+    """Start target() in a thread that closes its own database connections."""
+
+    def run():
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

@@ -224,13 +224,6 @@ def test_full_queue_is_503_and_changes_nothing(client, redis_client, settings):
 
 
 # --- /api/messages -------------------------------------------------------------
-@pytest.fixture
-def subscriber(redis_client):
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(CHANNEL)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    yield pubsub
-    pubsub.close()
 
 
 def test_publish_reaches_the_listener_and_counts_it(client, subscriber):

@@ -8,11 +8,10 @@ here, so a formatting slip fails a test rather than a Prometheus scrape.
 import itertools
 import math
 import re
-import threading
 
 import pytest
 from django.core.checks import run_checks
-from django.db import OperationalError, connections
+from django.db import OperationalError
 
 from tasks import metrics, presence
 from tasks.backend import queue_for
@@ -20,7 +19,7 @@ from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add, always_fails
 from tasks.batch import DURATION_BUCKETS
 from tasks.worker import Worker
-from tests.processes import wait_for
+from tests.processes import run_in_thread, wait_for
 
 AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -248,14 +247,7 @@ def test_figures_match_what_a_worker_recorded(client, redis_client):
 def test_running_workers_listeners_and_subscribers(client, redis_client):
     worker = Worker(worker_id="live-worker")
 
-    def run():
-        try:
-            worker.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread = run_in_thread(worker.run)
     try:
         for i in range(2):
             add.enqueue(i, 1)

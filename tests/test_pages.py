@@ -24,14 +24,6 @@ def csrf_client(path, user=None):
     return client, client.cookies["csrftoken"].value
 
 
-@pytest.fixture
-def subscriber(redis_client):
-    """A plain redis-py subscriber on the default channel, subscribed for sure."""
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(CHANNEL)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    yield pubsub
-    pubsub.close()
 
 
 # --- index -------------------------------------------------------------------

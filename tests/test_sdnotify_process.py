@@ -8,16 +8,14 @@ design promises, so a slow machine does not fail them.
 
 import signal
 import socket
-import threading
 import time
 
 import pytest
-from django.db import connections
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add, sleep_for
 from tasks.worker import Worker
-from tests.processes import manage, stop, wait_for
+from tests.processes import manage, run_in_thread, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -218,14 +216,7 @@ def test_in_process_worker_says_stopping_once(redis_url):
     worker = Worker(worker_id="sd-once", notifier=notifier)
     sleep_for.enqueue(1)
 
-    def run():
-        try:
-            worker.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread = run_in_thread(worker.run)
     try:
         wait_for(lambda: worker.current is not None, message="the task running")
         worker.request_stop()
