@@ -24,7 +24,9 @@ class TaskRecord(models.Model):
     """One row per task id, created at enqueue, updated by the workers."""
 
     id = models.CharField(primary_key=True, max_length=64)
-    task_path = models.CharField("task", max_length=255, db_index=True)
+    # Not indexed: each index is rewritten on every status change, and on
+    # PostgreSQL a CharField index comes with a second "_like" one.
+    task_path = models.CharField("task", max_length=255)
     queue = models.CharField(max_length=100, default="default")
     backend = models.CharField(max_length=100, default="default")
     args = models.JSONField(default=list, blank=True)

@@ -191,6 +191,9 @@ class Worker:
     # --- one batch ---------------------------------------------------------
     def _process(self, queue, items):
         fault_point("after_take")
+        # As Django does around a request: drop a connection past CONN_MAX_AGE
+        # or broken by the previous batch, before this batch's statements.
+        close_old_connections()
         batch_started = time.monotonic()
         self._batch_options = {}
         runnable, bad, replacements, seen = [], [], [], set()
