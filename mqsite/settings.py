@@ -134,7 +134,15 @@ STORAGES = {
 }
 
 # --- Redis -----------------------------------------------------------------
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+def embedded_redis_url():
+    """The Redis `make run` started, while it runs (scripts/run.py writes it)."""
+    try:
+        return (VAR_DIR / "embedded-redis.url").read_text().strip()
+    except OSError:
+        return None
+
+
+REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or "redis://127.0.0.1:6379/0"
 
 CACHES = {
     "default": {

@@ -24,6 +24,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 DEFAULT_PORT = "8000"
 ADMIN_USER = "admin"
+EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
 
 # Ctrl-C must stop everything within 10 s. The site and the listeners get the
 # larger share; Redis goes last and quickly, as it keeps nothing on disk.
@@ -142,6 +143,7 @@ class Supervisor:
     def __init__(self):
         self.services = {}  # name -> Popen, each expected to run until stopped
         self.redis = None  # stopped after the services: they need it to shut down cleanly
+        self.redis_url_file = None
         self.stop_signal = None
         self.forced = False
 
@@ -199,6 +201,8 @@ class Supervisor:
         stop_processes(list(self.services.values()), APP_STOP_TIMEOUT, lambda: self.forced)
         if self.redis:
             stop_processes([self.redis], REDIS_STOP_TIMEOUT, lambda: self.forced)
+        if self.redis_url_file:
+            self.redis_url_file.unlink(missing_ok=True)
 
 
 def valkey_binary():
@@ -234,7 +238,12 @@ def start_redis(supervisor, var):
         supervisor.wait_until(lambda: redis_answers(port), REDIS_START_TIMEOUT, f"embedded Redis on port {port}")
     except LaunchError as exc:
         raise LaunchError(f"{exc}; see {log}") from None
-    return f"redis://{HOST}:{port}/0"
+    url = f"redis://{HOST}:{port}/0"
+    # manage.py commands run by hand in another terminal find it here (see
+    # mqsite/settings.py) as long as this run lasts.
+    supervisor.redis_url_file = var / EMBEDDED_REDIS_URL_FILE
+    supervisor.redis_url_file.write_text(url + "\n")
+    return url
 
 
 def api_token(path):
