@@ -67,6 +67,7 @@ class Worker:
         self._next_sweep = 0.0
         self._turn = 0
         self._redis_failing = False
+        self._redis_errors = 0  # in a row: the backoff grows with them
         self._batch_options = {}
         self.heartbeat = Heartbeat(self)
 
@@ -402,8 +403,8 @@ class Worker:
         """Back off quietly; items taken before the error go back to the queue."""
         self._log_redis_down(exc)
         self._redis_failing = True
-        time.sleep(min(5.0, 0.1 * 2 ** min(getattr(self, "_redis_errors", 0), 6)))
-        self._redis_errors = getattr(self, "_redis_errors", 0) + 1
+        time.sleep(min(5.0, 0.1 * 2 ** min(self._redis_errors, 6)))
+        self._redis_errors += 1
         try:
             for queue in self.queues:
                 queue.release(self.worker_id)
