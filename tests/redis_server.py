@@ -35,7 +35,8 @@ def free_port():
 
 
 class RedisServer:
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, binary=None):
+        self.binary = binary or server_binary()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -51,7 +52,7 @@ class RedisServer:
 
     def start(self, *extra_args):
         argv = [
-            server_binary(),
+            self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
