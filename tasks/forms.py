@@ -31,8 +31,13 @@ class PubsubForm(forms.Form):
         help_text="Leave empty for the default channel.",
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, choose_channel=True, **kwargs):
         super().__init__(*args, **kwargs)
+        if not choose_channel:
+            # Without the field a posted channel is ignored: the message
+            # goes to the default channel, whose handlers expect it.
+            del self.fields["channel"]
+            return
         # Read per form, not at import, so a changed setting is seen.
         self.fields["channel"].widget.attrs["placeholder"] = mq_settings.MQ_DEFAULT_CHANNEL
 

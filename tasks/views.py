@@ -1,14 +1,18 @@
 """The HTML pages: an index with live figures and the two trigger pages.
 
-GET never changes anything; a POST does its one thing and redirects (303,
-so a reload does not repeat it). When Redis refuses, the page says so with
-a 503 and Retry-After, and nothing was written.
+GET never changes anything and is open to all; a POST acts only for a
+logged-in user with the page's permission (the JSON API asks a token for
+the same actions), does its one thing and redirects (303, so a reload does
+not repeat it). When Redis refuses, the page says so with a 503 and
+Retry-After, and nothing was written.
 """
 
 import logging
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -28,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 # A message names at most this many task ids; the admin lists the rest.
 LINKED_IDS = 10
+
+# What a user needs to act on each trigger page: adding the row it writes.
+ENQUEUE_PERMISSION = "tasks.add_taskrecord"
+PUBLISH_PERMISSION = "tasks.add_publishedmessage"
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
@@ -49,10 +57,14 @@ def index(request):
 @require_http_methods(["GET", "HEAD", "POST"])
 def prodcons(request):
     if request.method != "POST":
-        return render(request, "prodcons.html", {"form": ProdconsForm()})
+        context = {"form": ProdconsForm(), "may_act": request.user.has_perm(ENQUEUE_PERMISSION)}
+        return render(request, "prodcons.html", context)
+    if refusal := _refuse_unless_permitted(request, ENQUEUE_PERMISSION):
+        return refusal
     form = ProdconsForm(request.POST)
+    context = {"form": form, "may_act": True}
     if not form.is_valid():
-        return render(request, "prodcons.html", {"form": form})
+        return render(request, "prodcons.html", context)
     number, count = form.cleaned_data["number"], form.cleaned_data["count"]
     args = () if number is None else (number,)
     try:
@@ -60,22 +72,31 @@ def prodcons(request):
         # queued or, when Redis refuses, none is and no row is left.
         results = cook_dish.get_backend().enqueue_many(cook_dish, [(args, {})] * count)
     except QueueUnavailable as exc:
-        return _unavailable(request, "prodcons.html", {"form": form}, exc)
+        return _unavailable(request, "prodcons.html", context, exc)
     messages.success(request, _enqueued_message([result.id for result in results]))
     return HttpResponseSeeOther(reverse("tasks:prodcons"))
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def pubsub_page(request):
+    # Only staff pick the channel: others could reach handlers on channels
+    # the demo was never meant to feed.
+    choose_channel = request.user.is_staff
     if request.method != "POST":
-        return render(request, "pubsub.html", {"form": PubsubForm(), "default_channel": mq_settings.MQ_DEFAULT_CHANNEL})
-    form = PubsubForm(request.POST)
-    context = {"form": form, "default_channel": mq_settings.MQ_DEFAULT_CHANNEL}
+        context = {
+            "form": PubsubForm(choose_channel=choose_channel),
+            "default_channel": mq_settings.MQ_DEFAULT_CHANNEL,
+            "may_act": request.user.has_perm(PUBLISH_PERMISSION),
+        }
+        return render(request, "pubsub.html", context)
+    if refusal := _refuse_unless_permitted(request, PUBLISH_PERMISSION):
+        return refusal
+    form = PubsubForm(request.POST, choose_channel=choose_channel)
+    context = {"form": form, "default_channel": mq_settings.MQ_DEFAULT_CHANNEL, "may_act": True}
     if not form.is_valid():
         return render(request, "pubsub.html", context)
-    channel = form.cleaned_data["channel"]
-    user = request.user
-    publisher = f"user:{user.get_username()}" if user.is_authenticated else "anonymous"
+    channel = form.cleaned_data.get("channel", mq_settings.MQ_DEFAULT_CHANNEL)
+    publisher = f"user:{request.user.get_username()}"
     try:
         receivers = pubsub.publish(form.cleaned_data["message"], channel, publisher=publisher)
     except QueueUnavailable as exc:
@@ -94,6 +115,19 @@ def pubsub_page(request):
         # Publish/subscribe keeps nothing: with nobody listening it is gone.
         messages.warning(request, f"{text} Nobody was listening, so the message is lost; start manage.py listen_channel.")
     return HttpResponseSeeOther(reverse("tasks:pubsub"))
+
+
+def _refuse_unless_permitted(request, permission):
+    """The response to a POST from someone who may not act, or None if they may.
+
+    Anonymous users go to the login page and come back here (?next=); a
+    logged-in user without the permission gets 403.
+    """
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"{permission} is needed to act on {request.path}")
+    return None
 
 
 def _unavailable(request, template, context, exc):
