@@ -20,11 +20,13 @@ from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from . import pubsub, registry
+from .backend import ArgumentsNotStorable
 from .conf import mq_settings
 from .health import check_all
 from .models import TaskRecord
 from .queue import QueueFull, QueueUnavailable
 from .status import collect_status
+from .storable import unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +168,10 @@ def create_task(request, client, payload):
     if task is None:
         raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
     _check_arguments(task, args, kwargs)
-    result = task.enqueue(*args, **kwargs)
+    try:
+        result = task.enqueue(*args, **kwargs)
+    except ArgumentsNotStorable as exc:
+        raise ApiError(400, str(exc)) from None
     logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)
     response = JsonResponse({"id": result.id}, status=202)
     response["Location"] = reverse("tasks:api-task", args=[result.id])
@@ -187,7 +192,9 @@ def _check_arguments(task, args, kwargs):
 
 @api_view(["GET", "HEAD"])
 def task_detail(request, task_id, client, payload):
-    record = TaskRecord.objects.filter(id=task_id).first()
+    # An id no row can have (NUL: PostgreSQL refuses even to compare it) is
+    # simply not there, rather than a database error.
+    record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
     if record is None:
         raise ApiError(404, f"no task with id {task_id[:100]!r}")
     return JsonResponse(

@@ -32,10 +32,11 @@ from .envelope import Envelope
 from .models import TaskRecord, TaskStatus
 from .queue import DeliveryUncertain, QueueUnavailable, ReliableQueue
 from .recorder import Recorder
+from .storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RedisTaskBackend", "QueueUnavailable", "queue_for"]
+__all__ = ["ArgumentsNotStorable", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
 
 
 _queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
@@ -53,6 +54,10 @@ def queue_for(queue_name):
     if cached not in queues:
         queues[cached] = ReliableQueue(client, *cached)
     return queues[cached]
+
+
+class ArgumentsNotStorable(ValueError):
+    """A task's arguments hold what no database stores; nothing was enqueued."""
 
 
 def new_task_id():
@@ -94,6 +99,12 @@ class RedisTaskBackend(BaseTaskBackend):
             )
             for args, kwargs in calls
         ]
+        # The worker's own check, before the row: PostgreSQL refuses NUL and
+        # lone surrogates (a DataError the API took for an outage), and a
+        # worker would dead-letter them unrun on any database.
+        problem = unstorable([[e.args, e.kwargs] for e in envelopes])
+        if problem:
+            raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
         recorder = Recorder()
         recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
 

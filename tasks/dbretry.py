@@ -12,9 +12,19 @@ is fed while waiting, because waiting is the right thing to do.
 import logging
 import time
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 logger = logging.getLogger(__name__)
+
+# A lost or unusable connection: retried until the database is back.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# What a statement carried was refused, by the database (a DataError,
+# IntegrityError, ...) or by its driver (text it cannot encode). The same
+# statement would fail again: retrying cannot help, and ending the process
+# would only bring the same value back to end the next one. Callers record
+# what they can instead; connection errors are among these classes, so they
+# are caught first.
+REFUSALS = (DatabaseError, UnicodeEncodeError)
 
 MAX_DELAY = 5.0
 # Sleep in slices so a stop request is noticed promptly.
@@ -37,7 +47,7 @@ def retry_database(fn, *args, owner, notifier=None, give_up=None, sleep=time.sle
     while True:
         try:
             result = fn(*args)
-        except (OperationalError, InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
             if not failing:
                 logger.error("event=db_down %s error=%r", owner, str(exc).strip())
                 failing = True

@@ -28,10 +28,11 @@ from redis.exceptions import RedisError
 from . import presence, receipts
 from .conf import mq_settings
 from .connection import get_redis
-from .dbretry import DatabaseGaveUp, retry_database
+from .dbretry import REFUSALS, DatabaseGaveUp, retry_database
 from .handlers import ChannelMessage, decode, handler_path, load_handlers
 from .models import ReceivedMessage
 from .sdnotify import SystemdNotifier
+from .storable import printable, unstorable
 from .subscription import Subscription, subscriber_client
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # An oversized payload is not handled; the receipt keeps this much of it.
 OVERSIZED_KEEP_BYTES = 1000
+CHANNEL_MAX_LENGTH = ReceivedMessage._meta.get_field("channel").max_length
 
 
 def _str(value):
@@ -162,13 +164,22 @@ class Listener:
                 path,
                 error.strip().splitlines()[-1],
             )
+        # JSON may parse to what no database stores (infinity from 1e400,
+        # NUL, lone surrogates): the handler had it, the receipt keeps the text.
+        problem = unstorable(data) if is_json else None
+        if problem:
+            logger.warning(
+                "event=receipt_without_data listener=%s channel=%s reason=%r", self.listener_id, channel, problem
+            )
         receipt = ReceivedMessage(
             listener=self.listener_id,
-            channel=channel,
+            # NUL bytes are valid in a Redis message and a channel name, not in
+            # a PostgreSQL text column.
+            channel=printable(channel),
             pattern=pattern or "",
-            payload=text,
+            payload=printable(text),
             is_json=is_json,
-            data=data if is_json else None,
+            data=data if is_json and not problem else None,
             received_at=received_at,
             handler=path,
             ok=not error,
@@ -179,6 +190,30 @@ class Listener:
         except DatabaseGaveUp:
             logger.error("event=receipt_lost listener=%s channel=%s reason=stopping_while_db_down", self.listener_id, channel)
             raise
+        except REFUSALS as exc:  # not an outage: _db waits those out
+            self._record_refused(receipt, exc)
+
+    def _record_refused(self, receipt, exc):
+        """Record what can be kept of a receipt the database refused: the text
+        escaped, no parsed value, marked failed with the reason."""
+        reason = printable(f"the receipt could not be recorded as received: {type(exc).__name__}: {exc}".strip())
+        channel = receipt.channel[:200]
+        logger.error("event=receipt_refused listener=%s channel=%s error=%r", self.listener_id, channel, reason)
+        fallback = ReceivedMessage(
+            listener=receipt.listener,
+            channel=printable(receipt.channel)[:CHANNEL_MAX_LENGTH],
+            pattern=printable(receipt.pattern)[:CHANNEL_MAX_LENGTH],
+            payload=printable(receipt.payload),
+            is_json=receipt.is_json,
+            received_at=receipt.received_at,
+            handler=receipt.handler,
+            ok=False,
+            error=printable(f"{reason}\n{receipt.error}".strip()),
+        )
+        try:
+            self._db(receipts.record, fallback)
+        except REFUSALS as again:
+            logger.error("event=receipt_lost listener=%s channel=%s error=%r", self.listener_id, channel, str(again))
 
     def _call(self, path, message):
         """Run the handler; the error with its traceback, or "" when it went well."""

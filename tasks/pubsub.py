@@ -23,6 +23,7 @@ from .conf import mq_settings
 from .connection import get_redis
 from .models import PublishedMessage
 from .queue import QueueUnavailable
+from .storable import unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +48,27 @@ def check_channel(channel):
         raise ValueError("channel must be a non-empty string")
     if len(channel) > CHANNEL_MAX_LENGTH:
         raise ValueError(f"channel name is longer than {CHANNEL_MAX_LENGTH} characters")
+    problem = unstorable(channel)
+    if problem:
+        raise ValueError(f"channel name cannot be stored: {problem}")
     return channel
 
 
 def publish(data, channel=None, publisher=""):
     """Broadcast ``data`` on ``channel``; return how many subscriptions got it.
 
-    Raises ValueError for a bad channel or text that is not valid Unicode,
+    Raises ValueError for a bad channel or text the database cannot store,
     TypeError or ValueError for data JSON cannot encode, MessageTooLarge over the size limit, and QueueUnavailable when
     Redis does not take the message. In every one of these cases nothing is
     published and no row is written.
     """
     channel = check_channel(channel)
     payload = encode(data)
+    # Text with NUL or a lone surrogate: PostgreSQL refused the row, and the
+    # API took that for an outage.
+    problem = unstorable(payload)
+    if problem:
+        raise ValueError(f"message cannot be stored: {problem}")
     size = len(payload.encode())
     limit = mq_settings.MQ_MAX_MESSAGE_BYTES
     if size > limit:

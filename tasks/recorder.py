@@ -16,7 +16,10 @@ from datetime import timezone as dt_timezone
 from django.db import connections, models, router, transaction
 from django.utils import timezone
 
+from .dbretry import CONNECTION_ERRORS, REFUSALS
+from .envelope import now_iso
 from .models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord, TaskStatus
+from .storable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +151,9 @@ class Recorder:
 
     def finish(self, outcomes):
         """Record successful runs with one executemany."""
-        if not outcomes:
-            return
+        self._unless_refused(self._finish, outcomes)
+
+    def _finish(self, outcomes):
         sql = (
             f"UPDATE {self.table} SET status = %s, started_at = %s, finished_at = %s, "
             f"result = {self._json_param()} WHERE id = %s AND status IN (%s, %s)"
@@ -163,6 +167,9 @@ class Recorder:
 
     def fail(self, outcomes):
         """Record failed runs (the rare path), keeping every attempt's error."""
+        self._unless_refused(self._fail, outcomes)
+
+    def _fail(self, outcomes):
         with transaction.atomic(using=self.using):
             for outcome in outcomes:
                 record = TaskRecord.objects.using(self.using).filter(id=outcome.id).first()
@@ -175,6 +182,58 @@ class Recorder:
                 if outcome.status in FINAL_STATUSES:
                     record.finished_at = outcome.finished_at
                 record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+
+    def _unless_refused(self, write, outcomes):
+        """write(outcomes); if the database refuses the batch, each outcome on
+        its own, and one refused even alone is recorded failed with the reason.
+
+        The worker checks results and errors before they get here; this is for
+        whatever those checks miss. One outcome must not cost its batch their
+        records, nor end the worker (the batch would come back to end the
+        next one). A lost connection is raised, for the caller to wait out.
+        """
+        if not outcomes:
+            return
+        try:
+            return write(outcomes)
+        except CONNECTION_ERRORS:
+            raise
+        except REFUSALS:
+            pass  # find which one
+        for outcome in outcomes:
+            try:
+                write([outcome])
+            except CONNECTION_ERRORS:
+                raise
+            except REFUSALS as exc:
+                self._record_refused(outcome, exc)
+
+    def _record_refused(self, outcome, exc):
+        reason = printable(f"the outcome could not be recorded: {type(exc).__name__}: {exc}".strip())
+        logger.error("event=record_refused task_id=%s status=%s error=%r", outcome.id, outcome.status, reason)
+        record = TaskRecord.objects.using(self.using).filter(id=outcome.id).first()
+        if record is None or record.status in FINAL_STATUSES:
+            return
+        # A refused success is a failure; a failure keeps its course (READY
+        # when a retry is on its way).
+        status = TaskStatus.FAILED if outcome.status == TaskStatus.SUCCESSFUL else outcome.status
+        entry = {
+            "exception": "mqsite.RecordRefused",
+            "traceback": reason,
+            "attempt": record.attempts,
+            "worker": record.worker,
+            "at": now_iso(),
+        }
+        record.status, record.error, record.errors = status, reason, [*record.errors, entry]
+        record.started_at = outcome.started_at
+        record.finished_at = outcome.finished_at if status in FINAL_STATUSES else None
+        try:
+            record.save(update_fields=["status", "error", "errors", "started_at", "finished_at"])
+        except CONNECTION_ERRORS:
+            raise
+        except REFUSALS as again:
+            # Left open: the sweeper resends it once this worker is gone.
+            logger.error("event=record_lost task_id=%s error=%r", outcome.id, str(again))
 
     def record_bad(self, bad_messages, queue_name, worker_id, now=None):
         """History rows for messages that could not be run at all (DEAD)."""

@@ -386,9 +386,9 @@ class Worker:
         return {"reason": reason, "id": task_id, "task": task_path, "worker": self.worker_id, "at": now_iso(), "item": text}
 
     def _error(self, exception, trace, attempt):
-        # _printable: an exception's message may carry NUL or lone surrogates,
-        # which the history row cannot store (the write failed, ending the worker).
-        return {"exception": exception, "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+        # printable: an exception's message, even its class's module name, may
+        # carry NUL or lone surrogates, which the history row cannot store.
+        return {"exception": printable(exception), "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
 
     # --- outages -----------------------------------------------------------
     def _db(self, fn, *args):

@@ -2,12 +2,14 @@
 order (401, 405, 413, 400, 503), and that a refused call changes nothing."""
 
 import json
+import logging
 import sys
 
 import pytest
 
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
 from tasks.worker import Worker
+from tests.processes import run_manage
 
 # Transactional: the API pushes to Redis at once, as it does in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -200,6 +202,43 @@ def test_context_task_is_checked_without_its_context_argument(client):
     assert_error(response, 400, "arguments do not fit")
 
 
+def errors_logged(caplog):
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+# Values JSON carries but no database column takes as they are: PostgreSQL
+# refused them with an error the API answered as "503, retry" (forever).
+UNSTORABLE_TASK_BODIES = [
+    (b'{"task": "tasks.tasks.add", "args": ["a\\u0000b", "c"]}', "cannot be stored: contains NUL"),
+    (b'{"task": "tasks.tasks.add", "args": ["\\ud800", "c"]}', "cannot be stored: not storable"),
+    (b'{"task": "tasks.tasks.add", "kwargs": {"a": ["x\\u0000"], "b": 1}}', "cannot be stored: contains NUL"),
+    (b'{"task": "tasks.tasks.add", "kwargs": {"a": {"\\udfff": 1}, "b": 1}}', "cannot be stored: not storable"),
+    (b'{"task": "tasks.tasks.add\\u0000"}', "unknown task 'tasks.tasks.add\\x00'"),
+    (b'{"task": "tasks.tasks.add\\ud800"}', "unknown task 'tasks.tasks.add\\ud800'"),
+]
+
+
+@pytest.mark.parametrize("body, fragment", UNSTORABLE_TASK_BODIES)
+def test_values_no_database_stores_are_400_on_every_database(client, nothing_changed, caplog, body, fragment):
+    assert_error(post(client, "/api/tasks", body), 400, fragment)
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("task_id", ["%00", "a%00b", "%ED%A0%80", "x" * 5000])
+def test_an_id_no_row_can_have_is_404(client, caplog, task_id):
+    assert_error(client.get(f"/api/tasks/{task_id}", **AUTH), 404, "no task with id")
+    assert errors_logged(caplog) == []
+
+
+def test_enqueue_command_refuses_values_no_database_stores(redis_url, redis_client):
+    for argv in (["--args", '["a\\u0000b", "c"]'], ["--args", '["\\ud800", "c"]'], ["--args", "[1e400, 1]"]):
+        done = run_manage(redis_url, "enqueue", "tasks.tasks.add", *argv)
+        assert done.returncode != 0
+        assert "cannot be stored" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.stdout == ""
+    assert TaskRecord.objects.count() == 0 and redis_client.llen(QUEUE) == 0
+
+
 # --- 503 ---------------------------------------------------------------------
 def test_redis_down_is_503_with_retry_after_and_no_row(client, redis_down, settings):
     settings.MQ_RETRY_AFTER_SECONDS = 9
@@ -259,6 +298,24 @@ def test_bad_message_is_400_and_publishes_nothing(client, subscriber, nothing_ch
 def test_message_over_the_publisher_limit_is_413(client, nothing_changed, settings):
     settings.MQ_MAX_MESSAGE_BYTES = 100
     assert_error(post(client, "/api/messages", {"data": "x" * 200}), 413, "over the limit")
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"data": "a\x00b"}, "message cannot be stored: contains NUL"),
+        ({"data": "\ud800"}, "message cannot be stored: not storable"),
+        ({"data": ["\udfff"]}, "message cannot be stored: not storable"),
+        ({"data": "x", "channel": "a\x00b"}, "channel name cannot be stored: contains NUL"),
+        ({"data": "x", "channel": "\ud800"}, "channel name cannot be stored: not storable"),
+    ],
+)
+def test_message_no_database_stores_is_400_and_publishes_nothing(
+    client, subscriber, nothing_changed, caplog, body, fragment
+):
+    assert_error(post(client, "/api/messages", body), 400, fragment)
+    assert subscriber.get_message(timeout=0.2, ignore_subscribe_messages=True) is None
+    assert errors_logged(caplog) == []
 
 
 def test_publish_with_redis_down_is_503(client, redis_down):

@@ -252,6 +252,46 @@ def test_listener_rides_out_a_database_outage(redis_client, monkeypatch):
     assert ReceivedMessage.objects.get().payload == "kept"
 
 
+def test_a_receipt_the_database_refuses_is_recorded_failed_and_the_listener_goes_on(redis_client, monkeypatch, caplog):
+    """Defence in depth: a value the listener's own checks missed reaches the
+    database, which refuses it (IntegrityError on SQLite, DataError on
+    PostgreSQL). The receipt is kept without it, and the listener goes on."""
+    real_record = receipts.record
+
+    def record_what_a_check_missed(receipt):
+        if receipt.ok and receipt.payload == "poisoned":
+            receipt.data = float("inf")
+        return real_record(receipt)
+
+    monkeypatch.setattr(receipts, "record", record_what_a_check_missed)
+    listener = Listener(listener_id="inproc", max_messages=2)
+
+    def run():
+        try:
+            listener.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        subscribed(redis_client, 1)
+        assert publish("poisoned") == 1
+        assert publish("fine") == 1
+        thread.join(20)
+    finally:
+        listener.request_stop()
+        thread.join(20)
+    assert listener.received == 2
+    rows = {row.payload: row for row in ReceivedMessage.objects.all()}
+    assert set(rows) == {"poisoned", "fine"}
+    poisoned = rows["poisoned"]
+    assert (poisoned.ok, poisoned.data, poisoned.listener) == (False, None, "inproc")
+    assert poisoned.error.startswith("the receipt could not be recorded as received:")
+    assert (rows["fine"].ok, rows["fine"].error) == (True, "")
+    assert "event=receipt_refused listener=inproc" in caplog.text
+
+
 # --- stopping -----------------------------------------------------------------
 def test_sigterm_exits_0_and_leaves_the_registry(redis_client, start_listener):
     proc = start_listener("leaving")

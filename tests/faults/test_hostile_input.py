@@ -11,12 +11,14 @@ import sys
 import pytest
 
 from tasks import keys
-from tasks.models import TaskRecord, TaskStatus
+from tasks import worker as worker_module
+from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
+from tasks.pubsub import publish
 from tasks.tasks import append_to_file
 from tasks.worker import Worker
 from tests.faults.conftest import QUEUE, all_final, executions
 from tests.faults.fault_tasks import returns_unstorable
-from tests.processes import wait_for
+from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -157,3 +159,103 @@ def test_results_and_errors_a_database_refuses_fail_the_task_not_the_worker(kind
     row = TaskRecord.objects.get(id=bad.id)
     assert row.status == TaskStatus.FAILED and len(row.errors) == 1
     assert ("cannot be recorded" in row.error) is (kind != "error")
+
+
+def test_an_exception_class_name_a_database_refuses_is_recorded_escaped(settings):
+    settings.MQ_MAX_ATTEMPTS = 1
+    bad = returns_unstorable.enqueue("exception-name")
+    good = append_to_file.enqueue(os.devnull, "good")
+    Worker(worker_id="careful", burst=True).run()  # raised before the fix
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    row = TaskRecord.objects.get(id=bad.id)
+    assert row.status == TaskStatus.FAILED
+    assert [entry["exception"] for entry in row.errors] == ["bad\\x00\\udfffmodule.Weird"]
+    assert row.error.startswith("bad\\x00\\udfffmodule.Weird\nTraceback")
+
+
+@pytest.mark.parametrize("kind", ["nan", "error"])
+def test_an_outcome_the_database_refuses_fails_the_task_not_the_worker(kind, settings, monkeypatch):
+    """Defence in depth: with the worker's own checks out of the way, the
+    database refuses the outcome (a NaN result, an error text with NUL and a
+    lone surrogate). The task is recorded failed with the reason, its batch
+    neighbour as it ran, and the worker goes on."""
+    monkeypatch.setattr(worker_module, "unstorable", lambda value: None)
+    monkeypatch.setattr(worker_module, "printable", lambda text: text)
+    settings.MQ_MAX_ATTEMPTS = 1
+    bad = returns_unstorable.enqueue(kind)
+    good = append_to_file.enqueue(os.devnull, "good")
+    worker = Worker(worker_id="careful", burst=True)
+    worker.batch_size = 10  # both in one batch: one refused row must not cost the other its record
+    assert worker.run() == 2  # raised before the fix
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    row = TaskRecord.objects.get(id=bad.id)
+    assert row.status == TaskStatus.FAILED and row.finished_at is not None
+    assert row.error.startswith("the outcome could not be recorded:")
+    assert [entry["exception"] for entry in row.errors] == ["mqsite.RecordRefused"]
+
+
+# --- broadcasts a listener cannot store as they came ----------------------------
+CHANNEL = "task:pubsub:channel"
+# Payloads published straight to Redis, and the receipt text each must leave.
+# JSON that parses to what no database column takes (infinity from an
+# overflowing number, NUL, lone surrogates), and text that is not UTF-8 or
+# holds NUL: each ended every listen_channel at the receipt's insert.
+HOSTILE_BROADCASTS = {
+    b"[1,-1E999]": "[1,-1E999]",
+    b'{"k\\u0000": 1}': '{"k\\u0000": 1}',
+    b'"\\ud800"': '"\\ud800"',
+    b"a\x00b": "a\\x00b",
+    b"\xed\xa0\x80": "\\xed\\xa0\\x80",  # a surrogate in UTF-8's form: not valid UTF-8
+    b"\xff\xfe\x00": "\\xff\\xfe\\x00",
+}
+# What the publish command sends: the text as given.
+HOSTILE_COMMANDS = ["1e400", '"a\\u0000b"']
+# Matched by a pattern, a channel longer than the receipt's column holds.
+LONG_CHANNEL = "hostile:" + "x" * 300
+
+
+def start_listener(redis_url, tmp_path, listener_id, *args):
+    log = tmp_path / f"{listener_id}.log"
+    proc = manage(redis_url, "listen_channel", "--listener-id", listener_id, *args, log_path=log)
+    proc.log = log
+    return proc
+
+
+def test_hostile_broadcasts_are_recorded_and_every_listener_goes_on(redis_url, redis_client, tmp_path, admin_client):
+    plain = start_listener(redis_url, tmp_path, "plain")
+    patterned = start_listener(redis_url, tmp_path, "patterned", "--pattern", "hostile:*")
+    try:
+        wait_for(lambda: dict(redis_client.pubsub_numsub(CHANNEL))[CHANNEL.encode()] == 1, message="plain subscribed")
+        wait_for(lambda: redis_client.pubsub_numpat() == 1, message="patterned subscribed")
+        for command in HOSTILE_COMMANDS:
+            done = run_manage(redis_url, "publish", command)
+            assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+        assert admin_client.post("/pubsub", {"message": "1e400"}).status_code == 303
+        # Text with NUL is refused before anything is published or written.
+        refused = admin_client.post("/pubsub", {"message": "a\x00b"})
+        assert refused.status_code == 200 and refused.context["form"].errors["message"]
+        for payload in HOSTILE_BROADCASTS:
+            assert redis_client.publish(CHANNEL, payload) == 1
+        assert redis_client.publish(LONG_CHANNEL, "long") == 1
+        # Received after the hostile ones, so recorded last: once it is there,
+        # every listener went through them all.
+        assert publish("after") == 1
+        assert redis_client.publish("hostile:after", "after") == 1
+        wait_for(lambda: ReceivedMessage.objects.filter(payload="after").count() == 2, message="'after' twice")
+        for proc in (plain, patterned):
+            assert proc.poll() is None, proc.log.read_text()
+
+        texts = sorted(ReceivedMessage.objects.filter(listener="plain").values_list("payload", flat=True))
+        assert texts == sorted([*HOSTILE_COMMANDS, "1e400", *HOSTILE_BROADCASTS.values(), "after"])
+        overflows = ReceivedMessage.objects.filter(payload="1e400")
+        assert {(row.is_json, row.data, row.ok) for row in overflows} == {(True, None, True)}
+        assert sorted(overflows.values_list("published__publisher", flat=True)) == ["command", "user:admin"]
+        after = ReceivedMessage.objects.get(listener="plain", payload="after")
+        assert (after.ok, after.error, after.is_json) == (True, "", False)
+        long = ReceivedMessage.objects.get(listener="patterned", payload="long")
+        assert long.channel.startswith("hostile:xxx") and LONG_CHANNEL.startswith(long.channel)
+    finally:
+        stop(plain)
+        stop(patterned)
+    for proc in (plain, patterned):
+        assert proc.returncode == 0, proc.log.read_text()

@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks import registry
-from tasks.backend import QueueUnavailable
+from tasks.backend import ArgumentsNotStorable, QueueUnavailable
 from tasks.compat import InvalidTaskError
 
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
             if queue:
                 task = task.using(queue_name=queue)
             results = task.get_backend().enqueue_many(task, [call] * count)
-        except InvalidTaskError as exc:
+        except (InvalidTaskError, ArgumentsNotStorable) as exc:
             raise CommandError(str(exc)) from None
         except QueueUnavailable as exc:
             raise CommandError(f"Nothing was enqueued: {exc}") from None
