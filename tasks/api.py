@@ -23,7 +23,7 @@ from . import pubsub, registry
 from .conf import mq_settings
 from .health import check_all
 from .models import TaskRecord
-from .queue import QueueFull, QueueUnavailable
+from .queue import MessageTooLarge, QueueFull, QueueUnavailable
 from .status import collect_status
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,10 @@ def create_task(request, client, payload):
     if task is None:
         raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
     _check_arguments(task, args, kwargs)
-    result = task.enqueue(*args, **kwargs)
+    try:
+        result = task.enqueue(*args, **kwargs)
+    except MessageTooLarge as exc:  # checked before the row is written
+        raise ApiError(413, str(exc)) from None
     logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)
     response = JsonResponse({"id": result.id}, status=202)
     response["Location"] = reverse("tasks:api-task", args=[result.id])
