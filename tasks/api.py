@@ -24,7 +24,7 @@ from .backend import ArgumentsNotStorable
 from .conf import mq_settings
 from .health import check_all
 from .models import TaskRecord
-from .queue import QueueFull, QueueUnavailable
+from .queue import MessageTooLarge, QueueFull, QueueUnavailable
 from .status import collect_status
 from .storable import unstorable
 
@@ -170,6 +170,8 @@ def create_task(request, client, payload):
     _check_arguments(task, args, kwargs)
     try:
         result = task.enqueue(*args, **kwargs)
+    except MessageTooLarge as exc:  # checked before the row is written
+        raise ApiError(413, str(exc)) from None
     except ArgumentsNotStorable as exc:
         raise ApiError(400, str(exc)) from None
     logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)

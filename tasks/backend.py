@@ -28,15 +28,15 @@ from .compat import (
 )
 from .conf import mq_settings
 from .connection import get_redis
-from .envelope import Envelope
+from .envelope import Envelope, oversized
 from .models import TaskRecord, TaskStatus
-from .queue import DeliveryUncertain, QueueUnavailable, ReliableQueue
+from .queue import DeliveryUncertain, MessageTooLarge, QueueUnavailable, ReliableQueue
 from .recorder import Recorder
 from .storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArgumentsNotStorable", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
+__all__ = ["ArgumentsNotStorable", "MessageTooLarge", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
 
 
 _queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
@@ -85,7 +85,11 @@ class RedisTaskBackend(BaseTaskBackend):
         return self.enqueue_many(task, [(args, kwargs)])[0]
 
     def enqueue_many(self, task, calls):
-        """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push."""
+        """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push.
+
+        MessageTooLarge, and nothing written, if any of them is over the size
+        limit: a worker would dead-letter it unrun.
+        """
         self.validate_task(task)
         now = timezone.now()
         envelopes = [
@@ -99,6 +103,12 @@ class RedisTaskBackend(BaseTaskBackend):
             )
             for args, kwargs in calls
         ]
+        payloads = [envelope.encode() for envelope in envelopes]  # encoded once, for the check and the push
+        limit = mq_settings.MQ_MAX_MESSAGE_BYTES
+        for payload in payloads:
+            problem = oversized(payload, limit)
+            if problem:
+                raise MessageTooLarge(f"the message of {task.module_path} is {problem}")
         # The worker's own check, before the row: PostgreSQL refuses NUL and
         # lone surrogates (a DataError the API took for an outage), and a
         # worker would dead-letter them unrun on any database.
@@ -112,7 +122,7 @@ class RedisTaskBackend(BaseTaskBackend):
         # Django 5.2 logs func.__qualname__, which a partial lacks, so the log
         # call itself raised AttributeError out of the caller's commit.
         def deliver():
-            self._deliver(task.queue_name, envelopes, task.run_after)
+            self._deliver(task.queue_name, envelopes, payloads, task.run_after)
 
         if recorder.connection.in_atomic_block:
             # robust: a Redis outage at commit time is logged, the rows stay
@@ -133,13 +143,13 @@ class RedisTaskBackend(BaseTaskBackend):
                 raise
         return [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
 
-    def _deliver(self, queue_name, envelopes, run_after):
+    def _deliver(self, queue_name, envelopes, payloads, run_after):
         queue = queue_for(queue_name)
         if run_after is not None and run_after > timezone.now():
             for envelope in envelopes:
                 queue.schedule(envelope, run_after.timestamp())
         else:
-            queue.push(envelopes, max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+            queue.push(envelopes, max_length=mq_settings.MQ_QUEUE_MAX_LENGTH, payloads=payloads)
 
     def get_result(self, result_id):
         try:

@@ -15,6 +15,10 @@ from .storable import MAX_ARGS_DEPTH, nested_deeper, printable, unstorable
 
 # Ids travel into Redis keys, logs and URLs: keep them boring.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# An envelope starts with its id: '{"id":"...' as encode() writes it, or with
+# the spaces other JSON encoders add. An oversized message is never parsed
+# whole, yet is recorded under its own id (scripts.TAKE_BATCH reads it so too).
+HEAD_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,32 @@ def now_iso():
     return datetime.now(timezone.utc).isoformat()
 
 
+def oversized(payload, limit):
+    """Why a message is too large to carry, or "" when it fits ``limit`` bytes.
+
+    The one size check of every path: producers refuse such a message
+    before writing anything, workers dead-letter it. ``payload`` is the
+    message (text or bytes), or its size when Redis measured it.
+    """
+    if isinstance(payload, int):
+        size = payload
+    else:
+        size = len(payload.encode() if isinstance(payload, str) else payload)
+    return f"oversized: {size} bytes, over the limit of {limit}" if size > limit else ""
+
+
+def head_id(raw):
+    """The id a message starts with, or "" (see HEAD_ID)."""
+    head = raw[:100]
+    match = HEAD_ID.match(head.encode() if isinstance(head, str) else head)
+    return match.group(1).decode() if match else ""
+
+
 def decode(raw, queue_name, max_bytes):
     """Classify one item taken from a queue; never raises."""
-    if len(raw) > max_bytes:
-        return BadMessage(f"oversized: {len(raw)} bytes > limit {max_bytes}")
+    problem = oversized(raw, max_bytes)
+    if problem:
+        return BadMessage(problem, id=head_id(raw))
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:

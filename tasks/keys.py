@@ -63,6 +63,12 @@ def sweep_suspects(queue_key):
     return f"{{{queue_key}}}:sweep-suspects"
 
 
+def sweep_cursor(queue_key):
+    """String: [enqueued_at, id] of the last open row a sweep went past; the
+    next sweep goes on from there. Lost, the walk starts again from the oldest."""
+    return f"{{{queue_key}}}:sweep-cursor"
+
+
 def worker_info(worker_id):
     """Hash describing a running worker (queues, figures), with a TTL."""
     return f"mq:worker:{worker_id}"

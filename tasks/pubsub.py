@@ -21,17 +21,14 @@ from redis.exceptions import RedisError
 from . import receipts
 from .conf import mq_settings
 from .connection import get_redis
+from .envelope import oversized
 from .models import PublishedMessage
-from .queue import QueueUnavailable
+from .queue import MessageTooLarge, QueueUnavailable
 from .storable import unstorable
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_MAX_LENGTH = PublishedMessage._meta.get_field("channel").max_length
-
-
-class MessageTooLarge(ValueError):
-    """The payload is over MQ_MAX_MESSAGE_BYTES; nothing was published."""
 
 
 def encode(data):
@@ -70,9 +67,9 @@ def publish(data, channel=None, publisher=""):
     if problem:
         raise ValueError(f"message cannot be stored: {problem}")
     size = len(payload.encode())
-    limit = mq_settings.MQ_MAX_MESSAGE_BYTES
-    if size > limit:
-        raise MessageTooLarge(f"message is {size} bytes, over the limit of {limit}")
+    problem = oversized(size, mq_settings.MQ_MAX_MESSAGE_BYTES)
+    if problem:
+        raise MessageTooLarge(f"the message is {problem}")
     # The row is written first and PUBLISH happens inside its transaction:
     # a database that is down stops the publish, and a Redis that refuses it
     # rolls the row back. Only a failed COMMIT after a good PUBLISH leaves a

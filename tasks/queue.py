@@ -21,6 +21,11 @@ class QueueUnavailable(Exception):
     """Redis did not accept the work; nothing was queued. Retry later."""
 
 
+class MessageTooLarge(ValueError):
+    """The message is over MQ_MAX_MESSAGE_BYTES (see envelope.oversized);
+    nothing was written or sent. Unlike QueueUnavailable, retrying cannot help."""
+
+
 class QueueFull(QueueUnavailable):
     """The queue is at its configured maximum length."""
 
@@ -59,12 +64,14 @@ class ReliableQueue:
         self._ack = client.register_script(scripts.ACK)
 
     # --- producers -------------------------------------------------------
-    def push(self, envelopes, max_length=None):
+    def push(self, envelopes, max_length=None, payloads=None):
         """Queue envelopes atomically; QueueFull or QueueUnavailable if not
-        (DeliveryUncertain if Redis did not answer in time)."""
+        (DeliveryUncertain if Redis did not answer in time). ``payloads`` are
+        their encodings, when the caller has them already."""
+        payloads = payloads or [envelope.encode() for envelope in envelopes]
         argv = [max_length or 0]
-        for envelope in envelopes:
-            argv += [envelope.id, envelope.encode()]
+        for envelope, payload in zip(envelopes, payloads):
+            argv += [envelope.id, payload]
         try:
             length = self._enqueue(keys=[self.key, self.ids_key], args=argv)
         except RedisError as exc:
@@ -87,13 +94,14 @@ class ReliableQueue:
     def take(self, worker_id, max_items, max_bytes):
         """Take up to max_items at once without blocking.
 
-        Returns (items, oversized_sizes); oversized items are already dead-lettered.
+        Returns (items, oversized); oversized items are already dead-lettered
+        and out of the sweeper's index, and come back as (size, task id or "").
         """
         items, oversized = self._take(
-            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key],
+            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key],
             args=[max_items, max_bytes, now_iso()],
         )
-        return items, oversized
+        return items, [(size, task_id.decode()) for size, task_id in oversized]
 
     def take_blocking(self, worker_id, timeout):
         """Wait up to ``timeout`` seconds for one item; None if none came."""

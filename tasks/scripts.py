@@ -25,7 +25,7 @@ return redis.call('LLEN', KEYS[1])
 
 # Why: a deep queue drains in batches, one round trip for many items. Items
 # over the size limit go straight to the dead list inside Redis, so a worker
-# never holds them in memory; only their sizes come back. An item recovered
+# never holds them in memory; only their sizes and ids come back. An item recovered
 # from a dead worker is taken alone: if it is what killed that worker, it
 # must not take a batch of innocent tasks down with it again.
 TAKE_BATCH = """
@@ -33,9 +33,12 @@ TAKE_BATCH = """
 -- KEYS[2] = this worker's processing list
 -- KEYS[3] = dead-letter list
 -- KEYS[4] = recovered list (items of dead workers)
+-- KEYS[5] = task id set (the sweeper's index)
 -- ARGV[1] = most items to take
 -- ARGV[2] = largest item in bytes
 -- ARGV[3] = ISO time, for the dead-letter entry
+-- Returns {items, {{size, id}, ...}}: the id an oversized envelope starts
+-- with (envelope.HEAD_ID), or '', so that its own row records the outcome.
 local items, oversized = {}, {}
 local limit = tonumber(ARGV[2])
 local source, count = KEYS[1], tonumber(ARGV[1])
@@ -47,11 +50,16 @@ for i = 1, count do
   if not item then break end
   if #item > limit then
     redis.call('LPOP', KEYS[2])
+    local head = string.sub(item, 1, 1024)
+    local id = string.match(head, '^%s*{%s*"id"%s*:%s*"([A-Za-z0-9_.:%-]+)"') or ''
+    if #id > 64 then id = '' end
+    if id ~= '' then redis.call('SREM', KEYS[5], id) end
     redis.call('LPUSH', KEYS[3], cjson.encode({
-      reason = 'oversized: ' .. #item .. ' bytes > limit ' .. limit,
+      reason = 'oversized: ' .. #item .. ' bytes, over the limit of ' .. limit,
+      id = id,
       at = ARGV[3],
-      item = string.sub(item, 1, 1024)}))
-    oversized[#oversized + 1] = #item
+      item = head}))
+    oversized[#oversized + 1] = {#item, id}
   else
     items[#items + 1] = item
   end

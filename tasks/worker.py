@@ -30,7 +30,7 @@ from .compat import TaskContext
 from .conf import mq_settings
 from .connection import get_redis
 from .dbretry import retry_database
-from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso
+from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
 from .faults import fault_point
 from .heartbeat import Heartbeat
 from .models import TaskStatus
@@ -171,10 +171,12 @@ class Worker:
         if self.max_tasks is not None:
             limit = max(1, min(limit, self.max_tasks - self.processed))
         for queue in self.queues:
-            items, oversized = queue.take(self.worker_id, limit, mq_settings.MQ_MAX_MESSAGE_BYTES)
-            if oversized:
-                self._record_bad(queue, [BadMessage(f"oversized: {size} bytes") for size in oversized])
-            if items or oversized:
+            max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
+            items, too_large = queue.take(self.worker_id, limit, max_bytes)
+            if too_large:
+                messages = [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large]
+                self._record_bad(queue, messages)
+            if items or too_large:
                 return queue, items
         timeout = mq_settings.MQ_BLOCK_SECONDS
         if self.burst:
@@ -377,7 +379,7 @@ class Worker:
         self._db(self.recorder.record_bad, messages, queue.name, self.worker_id)
 
     def _dead_entry(self, raw, reason, task_id, task_path):
-        if len(raw) > mq_settings.MQ_MAX_MESSAGE_BYTES:
+        if oversized(raw, mq_settings.MQ_MAX_MESSAGE_BYTES):
             # An excerpt, as TAKE_BATCH keeps of what it dead-letters unread: an
             # oversized item that came through the blocking take was kept whole,
             # MQ_DEAD_LETTER_MAX of them filling Redis's memory.

@@ -163,6 +163,12 @@ def test_413_comes_before_400(client, nothing_changed, settings):
     assert post(client, "/api/tasks", "not json at all").status_code == 413
 
 
+def test_task_over_the_message_limit_is_413(client, nothing_changed, settings):
+    settings.MQ_MAX_MESSAGE_BYTES = 200
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.add", "args": ["y" * 200, "z"]})
+    assert_error(response, 413, "oversized")
+
+
 # --- 400 ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "body, fragment",

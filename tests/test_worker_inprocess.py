@@ -1,12 +1,18 @@
 """The worker loop driven in-process (burst mode) against the real Redis server."""
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
 from tasks import keys
-from tasks.backend import queue_for
+from tasks.backend import new_task_id, queue_for
+from tasks.envelope import BadMessage, Envelope, decode
 from tasks.models import TaskRecord, TaskStatus
+from tasks.queue import MessageTooLarge
+from tasks.recorder import Recorder
 from tasks.tasks import add, always_fails, cook_dish, report_attempt
 from tasks.worker import Worker
 
@@ -83,6 +89,62 @@ def test_oversized_item_is_dead_lettered_unread(redis_client, settings):
     drain()
     assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
     assert TaskRecord.objects.filter(status=TaskStatus.DEAD, error__contains="oversized").count() == 1
+
+
+def _enqueue_oversized(how):
+    big = ("x" * 300, 1)
+    if how == "enqueue":
+        add.enqueue(*big)
+    elif how == "enqueue_many":  # one small call and one too large: none is queued
+        add.get_backend().enqueue_many(add, [((1, 2), {}), (big, {})])
+    elif how == "in_a_transaction":
+        with transaction.atomic():
+            add.enqueue(*big)
+    else:  # deferred: would go to the delayed set
+        add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(*big)
+
+
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_many", "in_a_transaction", "deferred"])
+def test_oversized_task_is_refused_before_anything_is_written(redis_client, settings, how):
+    settings.MQ_MAX_MESSAGE_BYTES = 300
+    with pytest.raises(MessageTooLarge, match=r"oversized: \d+ bytes, over the limit of 300"):
+        _enqueue_oversized(how)
+    assert TaskRecord.objects.count() == 0
+    assert redis_client.llen("task:prodcons:queue") == 0
+    assert redis_client.zcard(keys.delayed("task:prodcons:queue")) == 0
+    assert redis_client.scard(keys.task_ids("task:prodcons:queue")) == 0
+
+
+def _foreign(envelope):
+    return json.dumps({"id": envelope.id, "task": envelope.task, "args": envelope.args})
+
+
+@pytest.mark.parametrize("encode", [Envelope.encode, _foreign])
+def test_oversized_envelope_ends_its_own_row_dead(redis_client, settings, encode):
+    """A producer that knows nothing of the limit wrote a row and pushed the
+    envelope with a raw LPUSH (mqsite's encoding, or a foreign one with spaces)."""
+    settings.MQ_MAX_MESSAGE_BYTES = 1000
+    envelope = Envelope(id=new_task_id(), task="tasks.tasks.add", queue="default", args=["x" * 5000, 1])
+    Recorder().insert_enqueued([envelope], "default", timezone.now())
+    redis_client.sadd(keys.task_ids("task:prodcons:queue"), envelope.id)
+    redis_client.lpush("task:prodcons:queue", encode(envelope))
+    good = add.enqueue(1, 2)
+    drain()
+    assert TaskRecord.objects.get(id=good.id).status == TaskStatus.SUCCESSFUL
+    assert TaskRecord.objects.count() == 2, "no row under a new id"
+    row = TaskRecord.objects.get(id=envelope.id)
+    assert row.status == TaskStatus.DEAD
+    assert row.error.startswith("oversized: ") and row.error.endswith("bytes, over the limit of 1000")
+    [entry] = queue_for("default").dead_letters()
+    assert entry["id"] == envelope.id and entry["reason"] == row.error
+    assert not redis_client.sismember(keys.task_ids("task:prodcons:queue"), envelope.id)
+
+
+def test_an_oversized_item_taken_whole_keeps_its_id():
+    """The blocking take hands the worker the whole item; decode names its id."""
+    raw = Envelope(id="big-1", task="tasks.tasks.add", queue="default", args=["x" * 500, 1]).encode().encode()
+    assert decode(raw, "default", 100) == BadMessage(f"oversized: {len(raw)} bytes, over the limit of 100", id="big-1")
+    assert decode(b'{"args": ["' + b"x" * 500 + b'"]}', "default", 100).id == ""
 
 
 def test_duplicate_delivery_of_finished_task_does_not_run_again(redis_client):

@@ -51,6 +51,14 @@ def test_command_mistakes_are_clear_errors(redis_url, redis_client, argv, messag
     assert TaskRecord.objects.count() == 0 and redis_client.llen(QUEUE) == 0
 
 
+def test_enqueue_command_refuses_an_oversized_task(redis_url, redis_client):
+    argv = ["enqueue", "tasks.tasks.add", "--args", json.dumps(["y" * 200, "z"]), "--count", "2"]
+    done = run_manage(redis_url, *argv, settings={"MQ_MAX_MESSAGE_BYTES": 200})
+    assert done.returncode != 0
+    assert "oversized" in done.stderr and "Traceback" not in done.stderr
+    assert TaskRecord.objects.count() == 0 and redis_client.llen(QUEUE) == 0
+
+
 def test_raw_lpush_from_a_plain_client_is_consumed_and_counted(redis_url, redis_client):
     redis_client.lpush(QUEUE, "5")
     assert run_manage(redis_url, "listen_queue", "--burst").returncode == 0

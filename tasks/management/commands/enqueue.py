@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks import registry
-from tasks.backend import ArgumentsNotStorable, QueueUnavailable
+from tasks.backend import ArgumentsNotStorable, MessageTooLarge, QueueUnavailable
 from tasks.compat import InvalidTaskError
 
 
@@ -42,6 +42,6 @@ class Command(BaseCommand):
             results = task.get_backend().enqueue_many(task, [call] * count)
         except (InvalidTaskError, ArgumentsNotStorable) as exc:
             raise CommandError(str(exc)) from None
-        except QueueUnavailable as exc:
+        except (MessageTooLarge, QueueUnavailable) as exc:
             raise CommandError(f"Nothing was enqueued: {exc}") from None
         self.stdout.write("\n".join(result.id for result in results))
