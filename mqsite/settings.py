@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.management.utils import get_random_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -48,9 +49,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_tasks",
     "tasks",
 ]
+if django.VERSION < (6,):
+    # The Tasks API backport is an app (its system checks, its signals);
+    # Django 6 has django.tasks built in.
+    INSTALLED_APPS.insert(-1, "django_tasks")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
