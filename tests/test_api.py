@@ -140,7 +140,7 @@ def test_405_comes_before_413_and_400(client, nothing_changed, settings):
 # --- 413 ---------------------------------------------------------------------
 def test_body_over_the_limit_is_413(client, nothing_changed, settings):
     settings.MQ_API_MAX_BODY_BYTES = 100
-    body = {"task": "tasks.tasks.append_to_file", "args": ["/tmp/x", "y" * 200]}
+    body = {"task": "tests.fixture_tasks.append_to_file", "args": ["/tmp/x", "y" * 200]}
     assert_error(post(client, "/api/tasks", body), 413, "larger than the limit of 100 bytes")
 
 
