@@ -12,6 +12,7 @@ processes see.
 """
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -93,12 +94,20 @@ def accepts_connections(port):
         return False
 
 
-def redis_answers(port):
-    """PING in the inline protocol, so the launcher needs no Redis client."""
+def redis_answers(port, password=None):
+    """AUTH and PING in the inline protocol, so the launcher needs no Redis client."""
+    request = (f"AUTH {password}\r\n" if password else "") + "PING\r\n"
+    expected = (b"+OK\r\n" if password else b"") + b"+PONG\r\n"
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            conn.sendall(request.encode())
+            reply = b""
+            while len(reply) < len(expected) and expected.startswith(reply):
+                chunk = conn.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply == expected
     except OSError:
         return False
 
@@ -216,16 +225,29 @@ def valkey_binary():
         raise LaunchError(f"no embedded Redis for this machine ({exc}); set REDIS_URL") from None
 
 
+def write_private(path, text):
+    # Created 0600 rather than chmod-ed afterwards: never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
 def start_redis(supervisor, var):
     """Start valkey-server on a free loopback port, wait for PING, return its URL."""
     data_dir = var / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = var / "redis.log"
     port = free_port()
+    # Any local user can reach a loopback port, so the server asks for a
+    # password. It goes in a private config file: the command line shows in `ps`.
+    password = secrets.token_urlsafe(24)
+    config = data_dir / "redis.conf"
+    write_private(config, f"requirepass {password}\n")
     # Nothing persisted: `make run` state is throwaway, and a snapshot taken at
     # shutdown would only slow Ctrl-C down.
     argv = [
         str(valkey_binary()),
+        str(config),  # the config file must come first
         "--port", str(port),
         "--bind", HOST,
         "--save", "",
@@ -235,14 +257,16 @@ def start_redis(supervisor, var):
     ]
     supervisor.redis = spawn(argv, dict(os.environ))
     try:
-        supervisor.wait_until(lambda: redis_answers(port), REDIS_START_TIMEOUT, f"embedded Redis on port {port}")
+        supervisor.wait_until(
+            lambda: redis_answers(port, password), REDIS_START_TIMEOUT, f"embedded Redis on port {port}"
+        )
     except LaunchError as exc:
         raise LaunchError(f"{exc}; see {log}") from None
-    url = f"redis://{HOST}:{port}/0"
+    url = f"redis://:{password}@{HOST}:{port}/0"
     # manage.py commands run by hand in another terminal find it here (see
     # mqsite/settings.py) as long as this run lasts.
     supervisor.redis_url_file = var / EMBEDDED_REDIS_URL_FILE
-    supervisor.redis_url_file.write_text(url + "\n")
+    write_private(supervisor.redis_url_file, url + "\n")
     return url
 
 
@@ -254,11 +278,13 @@ def api_token(path):
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    # Created 0600 rather than chmod-ed afterwards: never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(token + "\n")
+    write_private(path, token + "\n")
     return token
+
+
+def hide_password(url):
+    # The terminal may be shared or scrolled back; the URL file keeps the password.
+    return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def child_env(redis_url, token):
@@ -287,10 +313,13 @@ def launch(supervisor):
 
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
-        redis_line = f"Redis: {redis_url} (from REDIS_URL)"
+        redis_line = f"Redis: {hide_password(redis_url)} (from REDIS_URL)"
     else:
         redis_url = start_redis(supervisor, var)
-        redis_line = f"Redis: {redis_url} (embedded, log {var / 'redis.log'})"
+        redis_line = (
+            f"Redis: {hide_password(redis_url)} (embedded; the URL with its password is in "
+            f"{var / EMBEDDED_REDIS_URL_FILE}; log {var / 'redis.log'})"
+        )
     env = child_env(redis_url, token)
 
     supervisor.run_step("migrate", manage("migrate", "--noinput"), env)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 LAUNCHER = Path(__file__).resolve().parent.parent / "scripts" / "run.py"
 
@@ -92,6 +94,27 @@ def test_embedded_redis_starts_without_persistence_and_stops(tmp_path):
         supervisor.stop_all()
     assert supervisor.redis.returncode == 0
     assert not launcher.redis_answers(port)
+
+
+@pytest.mark.no_redis
+def test_embedded_redis_refuses_clients_without_its_password(tmp_path):
+    """Any local user can reach a loopback port: only the URL's password lets
+    a client in, and the password shows neither in `ps` nor to other users."""
+    supervisor = launcher.Supervisor()
+    url = launcher.start_redis(supervisor, tmp_path)
+    parts = urllib.parse.urlsplit(url)
+    try:
+        stranger = redis.Redis(host=parts.hostname, port=parts.port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.AuthenticationError):
+            stranger.lpush("task:prodcons:queue", "5")
+        stranger.close()
+        assert parts.password and len(parts.password) >= 20
+        assert redis.Redis.from_url(url).ping()
+        with open(f"/proc/{supervisor.redis.pid}/cmdline", "rb") as handle:
+            assert parts.password not in handle.read().decode()
+        assert (tmp_path / launcher.EMBEDDED_REDIS_URL_FILE).read_text().strip() == url
+    finally:
+        supervisor.stop_all()
 
 
 @pytest.mark.no_redis
@@ -175,7 +198,11 @@ def test_make_run_serves_the_site_and_ctrl_c_stops_everything(tmp_path):
     try:
         token = wait_for_line(output, "API token: ", proc)
         admin = wait_for_line(output, "Admin: ", proc)
-        redis_port = urllib.parse.urlsplit(wait_for_line(output, "Redis: ", proc).split()[0]).port
+        redis_line = wait_for_line(output, "Redis: ", proc)
+        redis_url = (tmp_path / "var" / launcher.EMBEDDED_REDIS_URL_FILE).read_text().strip()
+        redis_port, redis_password = urllib.parse.urlsplit(redis_url).port, urllib.parse.urlsplit(redis_url).password
+        assert redis_password not in redis_line
+        assert launcher.redis_answers(redis_port, redis_password)
         site = f"http://127.0.0.1:{port}/"
         assert admin.startswith(f"{site}admin/ user=admin password=")
         password = admin.rsplit("password=", 1)[1]
@@ -196,4 +223,4 @@ def test_make_run_serves_the_site_and_ctrl_c_stops_everything(tmp_path):
             proc.wait(15)
     assert "SIGINT received, stopping." in output.read_text()
     assert launcher.port_is_free(port)
-    assert not launcher.redis_answers(redis_port)
+    assert not launcher.redis_answers(redis_port, redis_password)
