@@ -15,8 +15,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MQ_VAR_DIR", BASE_DIR / "var"))
 try:
     # The SQLite database and collected static files live here; a fresh clone
-    # has no var/ yet (it is git-ignored).
-    (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
+    # has no var/ yet (it is git-ignored). Owner only: the database holds
+    # session keys.
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (VAR_DIR / "static").mkdir(exist_ok=True)
 except OSError:
     pass  # read-only deployments point MQ_VAR_DIR at a writable state directory
 

@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -270,6 +271,15 @@ def start_redis(supervisor, var):
     return url
 
 
+def make_private(var):
+    """var/ holds the database (session keys), the API token and the Redis
+    password: owner only. An older checkout left it 0755 with 0644 files."""
+    var.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in [var, *var.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+
+
 def api_token(path):
     """The token is kept across runs so scripts and bookmarks keep working."""
     if path.exists():
@@ -308,7 +318,7 @@ def launch(supervisor):
         raise LaunchError(f"port {port} on {HOST} is already in use; stop what uses it or set PORT=<another port>")
 
     var = var_dir()
-    var.mkdir(parents=True, exist_ok=True)
+    make_private(var)
     token = api_token(var / "api_token")
 
     redis_url = os.environ.get("REDIS_URL")
@@ -345,6 +355,9 @@ def launch(supervisor):
 
 
 def main():
+    # Everything this run and its children create (the database and its WAL,
+    # Redis's files) is private to the owner.
+    os.umask(0o077)
     supervisor = Supervisor()
     supervisor.install_signal_handlers()
     status = 0

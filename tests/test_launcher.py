@@ -182,6 +182,47 @@ def post_message(site, token):
         return response.status
 
 
+@pytest.fixture
+def make_run(tmp_path):
+    """Start the launcher as `make run` would; yield (process, output file, port)."""
+    port = launcher.free_port()
+    output = tmp_path / "launcher.log"
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(LAUNCHER)],
+            env=launcher_env(tmp_path, port),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield proc, output, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(15)
+
+
+@pytest.mark.no_redis
+@pytest.mark.slow
+def test_make_run_keeps_var_private(tmp_path, make_run):
+    """var/ holds the database (with session keys), the API token and the
+    Redis password: owner only, even when an older checkout left it open."""
+    var = tmp_path / "var"
+    var.mkdir(mode=0o755)
+    var.chmod(0o755)
+    (var / "db.sqlite3").touch(mode=0o644)
+    (var / "db.sqlite3").chmod(0o644)
+    proc, output, _ = make_run
+    wait_for_line(output, "API token: ", proc)
+    found = {path.name for path in var.rglob("*")}
+    assert {"db.sqlite3", "db.sqlite3-wal", "api_token", "embedded-redis.url", "redis", "redis.log", "redis.conf"} <= found
+    modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.lstat().st_mode)) for path in [var, *var.rglob("*")]}
+    assert modes == {
+        name: oct(0o700 if (tmp_path / name).is_dir() else 0o600) for name in modes
+    }
+
+
 @pytest.mark.no_redis
 @pytest.mark.slow
 def test_make_run_serves_the_site_and_ctrl_c_stops_everything(tmp_path):
