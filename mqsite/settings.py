@@ -5,6 +5,7 @@ environment variable (see README, "Configuration"); the defaults are for
 development and are refused by ``check --deploy``.
 """
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -137,14 +138,28 @@ STORAGES = {
 
 # --- Redis -----------------------------------------------------------------
 def embedded_redis_url():
-    """The Redis `make run` started, while it runs (scripts/run.py writes it)."""
+    """The Redis a live `make run` started. scripts/run.py writes its URL and
+    holds a lock on make-run.lock for as long as it runs: a URL file nobody
+    holds the lock for was left by a run that died, and its port may since
+    be another server's."""
     try:
-        return (VAR_DIR / "embedded-redis.url").read_text().strip()
+        with open(VAR_DIR / "make-run.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # the lock was free: no make run is live
+    except BlockingIOError:
+        pass  # held: the run is live, its URL file is current
+    except OSError:
+        return None
+    try:
+        return (VAR_DIR / "embedded-redis.url").read_text().strip() or None
     except OSError:
         return None
 
 
-REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or "redis://127.0.0.1:6379/0"
+# No default server: a command that needs Redis when none was named stops
+# with a clear error (tasks/connection.py) rather than using whatever answers
+# on 127.0.0.1:6379.
+REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or ""
 
 CACHES = {
     "default": {

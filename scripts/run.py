@@ -11,6 +11,7 @@ child processes, so every step sees exactly the environment the long-running
 processes see.
 """
 
+import fcntl
 import os
 import re
 import secrets
@@ -27,6 +28,12 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = "8000"
 ADMIN_USER = "admin"
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
+# Held for the whole run: one `make run` per var/, and the sign (read by
+# mqsite/settings.py) that the URL file belongs to a live run.
+LOCK_FILE = "make-run.lock"
+# A command probing the lock holds it for an instant; a second run waits that
+# long before concluding that another run holds it.
+LOCK_WAIT = 1.0
 
 # Ctrl-C must stop everything within 10 s. The site and the listeners get the
 # larger share; Redis goes last and quickly, as it keeps nothing on disk.
@@ -154,6 +161,7 @@ class Supervisor:
         self.services = {}  # name -> Popen, each expected to run until stopped
         self.redis = None  # stopped after the services: they need it to shut down cleanly
         self.redis_url_file = None
+        self.lock_fd = None
         self.stop_signal = None
         self.forced = False
 
@@ -213,6 +221,30 @@ class Supervisor:
             stop_processes([self.redis], REDIS_STOP_TIMEOUT, lambda: self.forced)
         if self.redis_url_file:
             self.redis_url_file.unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the lock, after the URL file is gone
+            self.lock_fd = None
+
+    def lock_var(self, var):
+        """Take var/'s lock, or say which run holds it."""
+        fd = os.open(var / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise LaunchError(
+                        f"another `make run` (pid {holder}) is using {var}; stop it, "
+                        "or give this one a state directory of its own with MQ_VAR_DIR=<dir>"
+                    ) from None
+                time.sleep(POLL_INTERVAL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
 
 
 def valkey_binary():
@@ -319,6 +351,7 @@ def launch(supervisor):
 
     var = var_dir()
     make_private(var)
+    supervisor.lock_var(var)
     token = api_token(var / "api_token")
 
     redis_url = os.environ.get("REDIS_URL")

@@ -11,6 +11,9 @@ import os
 from mqsite.settings import *  # noqa: F403
 
 MQ_FAULT = os.environ.get("MQ_FAULT", "")
+# Only the Redis a test names: never the one a `make run` in this checkout
+# may have running (mqsite/settings.py would find it).
+MQ_REDIS_URL = os.environ.get("REDIS_URL", "")
 MQ_API_TOKENS = ["tests:test-token", "other:second-token"]
 # Tasks that write files, kill or stall workers: registered here only, never
 # by the production settings.

@@ -265,3 +265,88 @@ def test_make_run_serves_the_site_and_ctrl_c_stops_everything(tmp_path):
     assert "SIGINT received, stopping." in output.read_text()
     assert launcher.port_is_free(port)
     assert not launcher.redis_answers(redis_port, redis_password)
+
+
+# --- which Redis a command run by hand talks to ---------------------------------
+NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
+REDIS_COMMANDS = [
+    ["queue_status"],
+    ["listen_queue", "--burst"],
+    ["listen_channel", "--max-messages", "1"],
+    ["publish", "hello"],
+    ["enqueue", "tasks.tasks.add", "--args", "[1, 2]"],
+]
+
+
+def manage_by_hand(tmp_path, *args):
+    """`manage.py ARGS` typed in a terminal of the project: no REDIS_URL."""
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER.parent.parent / "manage.py"), *args],
+        env=launcher_env(tmp_path, 8000),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.no_redis
+@pytest.mark.parametrize("args", REDIS_COMMANDS, ids=lambda args: args[0])
+def test_without_redis_url_or_make_run_a_command_says_so_and_fails(tmp_path, args):
+    """Never a silent fall back to 127.0.0.1:6379, someone else's Redis."""
+    done = manage_by_hand(tmp_path, *args)
+    assert done.returncode != 0
+    assert NO_REDIS in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.no_redis
+def test_without_redis_the_database_commands_still_work(tmp_path):
+    assert manage_by_hand(tmp_path, "check").returncode == 0
+    migrated = manage_by_hand(tmp_path, "migrate", "--noinput")
+    assert migrated.returncode == 0, migrated.stderr
+    # Created by the settings, owner only: the database holds session keys.
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+
+
+def test_a_url_file_left_by_a_dead_make_run_is_not_trusted(tmp_path, redis_server):
+    """A make run killed with SIGKILL leaves its URL file behind; the port may
+    since belong to another server (here: one that answers)."""
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / launcher.EMBEDDED_REDIS_URL_FILE).write_text(redis_server.url + "\n")
+    (var / launcher.LOCK_FILE).write_text("12345\n")  # no process holds it
+    done = manage_by_hand(tmp_path, "queue_status")
+    assert done.returncode != 0
+    assert NO_REDIS in done.stderr
+
+
+@pytest.mark.no_redis
+@pytest.mark.slow
+def test_commands_by_hand_use_a_live_make_run_and_a_second_one_refuses(tmp_path, make_run):
+    proc, output, port = make_run
+    wait_for_line(output, "API token: ", proc)
+    url_file = tmp_path / "var" / launcher.EMBEDDED_REDIS_URL_FILE
+    url = url_file.read_text()
+
+    status = manage_by_hand(tmp_path, "queue_status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert "default" in json.loads(status.stdout)["queues"]
+
+    second = subprocess.run(
+        [sys.executable, str(LAUNCHER)],
+        env=launcher_env(tmp_path, launcher.free_port()),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert f"another `make run` (pid {proc.pid}) is using {tmp_path / 'var'}" in second.stderr
+    assert url_file.read_text() == url
+    assert launcher.redis_answers(urllib.parse.urlsplit(url).port, urllib.parse.urlsplit(url).password)
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+    assert not url_file.exists()
+    after = manage_by_hand(tmp_path, "queue_status")
+    assert after.returncode != 0
+    assert NO_REDIS in after.stderr
