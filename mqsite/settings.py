@@ -212,6 +212,10 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's defaults give the "django" logger a console handler of its
+        # own; records also propagate to the root handler, so every 4xx and
+        # 5xx was printed twice. The root handler alone prints them, once.
+        "django": {"handlers": []},
         "django.db.backends": {"level": "WARNING"},
     },
 }

@@ -268,6 +268,24 @@ def test_publish_with_redis_down_is_503(client, redis_down):
     assert PublishedMessage.objects.count() == 0
 
 
+# --- unknown paths -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, path, hint",
+    [
+        ("POST", "/api/tasks/", "/api/tasks"),
+        ("GET", "/api/tasks/some-id/", "/api/tasks/some-id"),
+        ("POST", "/api/messages/", "/api/messages"),
+        ("GET", "/api/no-such-thing", None),
+        ("DELETE", "/api/", None),
+    ],
+)
+def test_unknown_api_path_is_a_json_404(client, nothing_changed, method, path, hint):
+    for extra in (AUTH, {}):
+        response = client.generic(method, path, "{}", content_type="application/json", **extra)
+        assert_error(response, 404, f"no API endpoint at {path}")
+        assert (f"did you mean {hint}?" in response.json()["error"]) is (hint is not None)
+
+
 # --- /api/stats and /healthz -------------------------------------------------------
 def test_stats_needs_no_token_and_has_the_status_shape(client):
     post(client, "/api/tasks", {"task": "tasks.tasks.noop"})

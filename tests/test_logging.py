@@ -96,3 +96,24 @@ def test_verbosity_maps_to_levels(settings, verbosity, level):
         assert logger.level == logging.ERROR
     finally:
         logger.setLevel(before)
+
+
+# Requests answered 4xx through the whole stack, in a process configured by
+# settings.LOGGING (with DEBUG on, as under `make run`).
+REQUEST_4XX = """
+from django.test import Client
+client = Client(HTTP_HOST="127.0.0.1")
+client.get("/no-such-page-4xx")
+client.post("/api/messages", "{}", content_type="application/json")
+"""
+
+
+@pytest.mark.no_redis
+def test_a_4xx_is_logged_once(tmp_path):
+    done = run_manage("", "shell", "--no-imports", "-c", REQUEST_4XX, settings={"DEBUG": True})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if "/no-such-page-4xx" in line] == [
+        next(line for line in lines if "logger=django.request Not Found: /no-such-page-4xx" in line)
+    ]
+    assert len([line for line in lines if "/api/messages" in line]) == 1
