@@ -212,10 +212,13 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
-        # Django's defaults give the "django" logger a console handler of its
-        # own; records also propagate to the root handler, so every 4xx and
-        # 5xx was printed twice. The root handler alone prints them, once.
+        # Django's defaults give the "django" loggers handlers of their own on
+        # top of the root one, so a 4xx was printed twice. Now every record
+        # goes through the root handler, once, in the same key=value format.
         "django": {"handlers": []},
+        # A 4xx already has its line in the access log (runserver's
+        # django.server, gunicorn's accesslog); a 5xx keeps its traceback here.
+        "django.request": {"level": "ERROR"},
         "django.db.backends": {"level": "WARNING"},
     },
 }

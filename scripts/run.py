@@ -295,7 +295,9 @@ def start_redis(supervisor, var):
         )
     except LaunchError as exc:
         raise LaunchError(f"{exc}; see {log}") from None
-    url = f"redis://:{password}@{HOST}:{port}/0"
+    # "default" is the user a password-only server knows; with no user name
+    # redis-cli 7.0 sends an empty one, and the login fails.
+    url = f"redis://default:{password}@{HOST}:{port}/0"
     # manage.py commands run by hand in another terminal find it here (see
     # mqsite/settings.py) as long as this run lasts.
     supervisor.redis_url_file = var / EMBEDDED_REDIS_URL_FILE

@@ -51,7 +51,7 @@ class RedisServer:
 
     @property
     def url(self):
-        auth = f":{self.password}@" if self.password else ""
+        auth = f"default:{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs):

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -113,6 +114,22 @@ def test_embedded_redis_refuses_clients_without_its_password(tmp_path):
         with open(f"/proc/{supervisor.redis.pid}/cmdline", "rb") as handle:
             assert parts.password not in handle.read().decode()
         assert (tmp_path / launcher.EMBEDDED_REDIS_URL_FILE).read_text().strip() == url
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.mark.no_redis
+@pytest.mark.skipif(not shutil.which("redis-cli"), reason="no redis-cli on this machine")
+def test_the_readmes_redis_cli_line_reaches_the_embedded_redis(tmp_path):
+    supervisor = launcher.Supervisor()
+    launcher.start_redis(supervisor, tmp_path)
+    try:
+        # The README's line, with var/ being tmp_path here.
+        done = subprocess.run(
+            f'redis-cli --no-auth-warning -u "$(cat {launcher.EMBEDDED_REDIS_URL_FILE})" LPUSH task:prodcons:queue 5',
+            shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=10,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stdout + done.stderr
     finally:
         supervisor.stop_all()
 
