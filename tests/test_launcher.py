@@ -233,7 +233,9 @@ def test_make_run_keeps_var_private(tmp_path, make_run):
     proc, output, _ = make_run
     wait_for_line(output, "API token: ", proc)
     found = {path.name for path in var.rglob("*")}
-    assert {"db.sqlite3", "db.sqlite3-wal", "api_token", "embedded-redis.url", "redis", "redis.log", "redis.conf"} <= found
+    # (db.sqlite3-wal and -shm come and go with the connections; checked when there.)
+    expected = {"db.sqlite3", "api_token", "embedded-redis.url", launcher.LOCK_FILE, "redis", "redis.log", "redis.conf"}
+    assert expected <= found
     modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.lstat().st_mode)) for path in [var, *var.rglob("*")]}
     assert modes == {
         name: oct(0o700 if (tmp_path / name).is_dir() else 0o600) for name in modes
