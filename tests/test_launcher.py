@@ -351,15 +351,21 @@ def test_commands_by_hand_use_a_live_make_run_and_a_second_one_refuses(tmp_path,
     assert status.returncode == 0, status.stderr
     assert "default" in json.loads(status.stdout)["queues"]
 
-    second = subprocess.run(
+    second = subprocess.Popen(
         [sys.executable, str(LAUNCHER)],
         env=launcher_env(tmp_path, launcher.free_port()),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=30,
     )
+    try:
+        _, stderr = second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:  # it started: SIGINT stops its children too, SIGKILL would not
+            second.send_signal(signal.SIGINT)
+            second.communicate(timeout=15)
     assert second.returncode == 1
-    assert f"another `make run` (pid {proc.pid}) is using {tmp_path / 'var'}" in second.stderr
+    assert f"another `make run` (pid {proc.pid}) is using {tmp_path / 'var'}" in stderr
     assert url_file.read_text() == url
     assert launcher.redis_answers(urllib.parse.urlsplit(url).port, urllib.parse.urlsplit(url).password)
 
