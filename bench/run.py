@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
 
-import redis
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -443,13 +441,15 @@ def main():
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
     # The flags of the peers' run_peers.sh: no persistence, loopback, a free port.
-    server = RedisServer(workdir, binary=redis_binary(args.redis_server))
+    # The peers' harness connects by port alone, so a run that includes them
+    # leaves the (short-lived) server without a password.
+    server = RedisServer(workdir, binary=redis_binary(args.redis_server), require_password=not args.peer_names)
     configs, records, notes, redis_version = [], [], [], None
     try:
         server.start()
         redis_version = f"{server.client().info('server').get('redis_version')} ({server.binary})"
         log(f"redis {redis_version} on port {server.port}; work dir {workdir}")
-        client = redis.Redis(host="127.0.0.1", port=server.port)
+        client = server.client()
         python = peers_python(args.peers_venv, args.peer_names) if args.peer_names else None
         trees = [(ROOT, "")] + [(tree.resolve(), tree.resolve().name) for tree in args.tree]
         for index, (tree, label) in enumerate(trees):

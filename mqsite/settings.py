@@ -5,6 +5,7 @@ environment variable (see README, "Configuration"); the defaults are for
 development and are refused by ``check --deploy``.
 """
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -16,8 +17,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MQ_VAR_DIR", BASE_DIR / "var"))
 try:
     # The SQLite database and collected static files live here; a fresh clone
-    # has no var/ yet (it is git-ignored).
-    (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
+    # has no var/ yet (it is git-ignored). Owner only: the database holds
+    # session keys.
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (VAR_DIR / "static").mkdir(exist_ok=True)
 except OSError:
     pass  # read-only deployments point MQ_VAR_DIR at a writable state directory
 
@@ -139,14 +142,28 @@ STORAGES = {
 
 # --- Redis -----------------------------------------------------------------
 def embedded_redis_url():
-    """The Redis `make run` started, while it runs (scripts/run.py writes it)."""
+    """The Redis a live `make run` started. scripts/run.py writes its URL and
+    holds a lock on make-run.lock for as long as it runs: a URL file nobody
+    holds the lock for was left by a run that died, and its port may since
+    be another server's."""
     try:
-        return (VAR_DIR / "embedded-redis.url").read_text().strip()
+        with open(VAR_DIR / "make-run.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # the lock was free: no make run is live
+    except BlockingIOError:
+        pass  # held: the run is live, its URL file is current
+    except OSError:
+        return None
+    try:
+        return (VAR_DIR / "embedded-redis.url").read_text().strip() or None
     except OSError:
         return None
 
 
-REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or "redis://127.0.0.1:6379/0"
+# No default server: a command that needs Redis when none was named stops
+# with a clear error (tasks/connection.py) rather than using whatever answers
+# on 127.0.0.1:6379.
+REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or ""
 
 CACHES = {
     "default": {
@@ -199,6 +216,13 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's defaults give the "django" loggers handlers of their own on
+        # top of the root one, so a 4xx was printed twice. Now every record
+        # goes through the root handler, once, in the same key=value format.
+        "django": {"handlers": []},
+        # A 4xx already has its line in the access log (runserver's
+        # django.server, gunicorn's accesslog); a 5xx keeps its traceback here.
+        "django.request": {"level": "ERROR"},
         "django.db.backends": {"level": "WARNING"},
     },
 }

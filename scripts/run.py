@@ -11,10 +11,13 @@ child processes, so every step sees exactly the environment the long-running
 processes see.
 """
 
+import fcntl
 import os
+import re
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +28,12 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = "8000"
 ADMIN_USER = "admin"
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
+# Held for the whole run: one `make run` per var/, and the sign (read by
+# mqsite/settings.py) that the URL file belongs to a live run.
+LOCK_FILE = "make-run.lock"
+# A command probing the lock holds it for an instant; a second run waits that
+# long before concluding that another run holds it.
+LOCK_WAIT = 1.0
 
 # Ctrl-C must stop everything within 10 s. The site and the listeners get the
 # larger share; Redis goes last and quickly, as it keeps nothing on disk.
@@ -93,12 +102,20 @@ def accepts_connections(port):
         return False
 
 
-def redis_answers(port):
-    """PING in the inline protocol, so the launcher needs no Redis client."""
+def redis_answers(port, password=None):
+    """AUTH and PING in the inline protocol, so the launcher needs no Redis client."""
+    request = (f"AUTH {password}\r\n" if password else "") + "PING\r\n"
+    expected = (b"+OK\r\n" if password else b"") + b"+PONG\r\n"
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            conn.sendall(request.encode())
+            reply = b""
+            while len(reply) < len(expected) and expected.startswith(reply):
+                chunk = conn.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply == expected
     except OSError:
         return False
 
@@ -144,6 +161,7 @@ class Supervisor:
         self.services = {}  # name -> Popen, each expected to run until stopped
         self.redis = None  # stopped after the services: they need it to shut down cleanly
         self.redis_url_file = None
+        self.lock_fd = None
         self.stop_signal = None
         self.forced = False
 
@@ -203,6 +221,30 @@ class Supervisor:
             stop_processes([self.redis], REDIS_STOP_TIMEOUT, lambda: self.forced)
         if self.redis_url_file:
             self.redis_url_file.unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the lock, after the URL file is gone
+            self.lock_fd = None
+
+    def lock_var(self, var):
+        """Take var/'s lock, or say which run holds it."""
+        fd = os.open(var / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise LaunchError(
+                        f"another `make run` (pid {holder}) is using {var}; stop it, "
+                        "or give this one a state directory of its own with MQ_VAR_DIR=<dir>"
+                    ) from None
+                time.sleep(POLL_INTERVAL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
 
 
 def valkey_binary():
@@ -216,16 +258,29 @@ def valkey_binary():
         raise LaunchError(f"no embedded Redis for this machine ({exc}); set REDIS_URL") from None
 
 
+def write_private(path, text):
+    # Created 0600 rather than chmod-ed afterwards: never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
 def start_redis(supervisor, var):
     """Start valkey-server on a free loopback port, wait for PING, return its URL."""
     data_dir = var / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = var / "redis.log"
     port = free_port()
+    # Any local user can reach a loopback port, so the server asks for a
+    # password. It goes in a private config file: the command line shows in `ps`.
+    password = secrets.token_urlsafe(24)
+    config = data_dir / "redis.conf"
+    write_private(config, f"requirepass {password}\n")
     # Nothing persisted: `make run` state is throwaway, and a snapshot taken at
     # shutdown would only slow Ctrl-C down.
     argv = [
         str(valkey_binary()),
+        str(config),  # the config file must come first
         "--port", str(port),
         "--bind", HOST,
         "--save", "",
@@ -235,15 +290,28 @@ def start_redis(supervisor, var):
     ]
     supervisor.redis = spawn(argv, dict(os.environ))
     try:
-        supervisor.wait_until(lambda: redis_answers(port), REDIS_START_TIMEOUT, f"embedded Redis on port {port}")
+        supervisor.wait_until(
+            lambda: redis_answers(port, password), REDIS_START_TIMEOUT, f"embedded Redis on port {port}"
+        )
     except LaunchError as exc:
         raise LaunchError(f"{exc}; see {log}") from None
-    url = f"redis://{HOST}:{port}/0"
+    # "default" is the user a password-only server knows; with no user name
+    # redis-cli 7.0 sends an empty one, and the login fails.
+    url = f"redis://default:{password}@{HOST}:{port}/0"
     # manage.py commands run by hand in another terminal find it here (see
     # mqsite/settings.py) as long as this run lasts.
     supervisor.redis_url_file = var / EMBEDDED_REDIS_URL_FILE
-    supervisor.redis_url_file.write_text(url + "\n")
+    write_private(supervisor.redis_url_file, url + "\n")
     return url
+
+
+def make_private(var):
+    """var/ holds the database (session keys), the API token and the Redis
+    password: owner only. An older checkout left it 0755 with 0644 files."""
+    var.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in [var, *var.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
 
 
 def api_token(path):
@@ -254,11 +322,13 @@ def api_token(path):
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    # Created 0600 rather than chmod-ed afterwards: never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(token + "\n")
+    write_private(path, token + "\n")
     return token
+
+
+def hide_password(url):
+    # The terminal may be shared or scrolled back; the URL file keeps the password.
+    return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def child_env(redis_url, token):
@@ -282,15 +352,19 @@ def launch(supervisor):
         raise LaunchError(f"port {port} on {HOST} is already in use; stop what uses it or set PORT=<another port>")
 
     var = var_dir()
-    var.mkdir(parents=True, exist_ok=True)
+    make_private(var)
+    supervisor.lock_var(var)
     token = api_token(var / "api_token")
 
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
-        redis_line = f"Redis: {redis_url} (from REDIS_URL)"
+        redis_line = f"Redis: {hide_password(redis_url)} (from REDIS_URL)"
     else:
         redis_url = start_redis(supervisor, var)
-        redis_line = f"Redis: {redis_url} (embedded, log {var / 'redis.log'})"
+        redis_line = (
+            f"Redis: {hide_password(redis_url)} (embedded; the URL with its password is in "
+            f"{var / EMBEDDED_REDIS_URL_FILE}; log {var / 'redis.log'})"
+        )
     env = child_env(redis_url, token)
 
     supervisor.run_step("migrate", manage("migrate", "--noinput"), env)
@@ -316,6 +390,9 @@ def launch(supervisor):
 
 
 def main():
+    # Everything this run and its children create (the database and its WAL,
+    # Redis's files) is private to the owner.
+    os.umask(0o077)
     supervisor = Supervisor()
     supervisor.install_signal_handlers()
     status = 0

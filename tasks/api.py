@@ -14,7 +14,7 @@ from functools import wraps
 
 from django.db import DatabaseError
 from django.http import JsonResponse
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -249,3 +249,18 @@ def healthz(request, client, payload):
     response = JsonResponse(report, status=200 if healthy else 503)
     add_never_cache_headers(response)
     return response
+
+
+@csrf_exempt
+def not_found(request):
+    """Any other path under /api/: a JSON 404 like every API answer (never the
+    HTML debug page), with a hint when only a trailing slash is in the way."""
+    message = f"no API endpoint at {request.path[:200]}"
+    bare = request.path_info.rstrip("/")
+    if bare != request.path_info:
+        try:
+            if resolve(bare).func is not not_found:
+                message += f"; did you mean {request.path.rstrip('/')[:200]}?"
+        except Resolver404:
+            pass
+    return ApiError(404, message).response()

@@ -8,16 +8,33 @@ worker handles connection errors itself (see Worker.run).
 """
 
 import redis
+from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .conf import mq_settings
 
+NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
+
 _clients = {}
 
 
-def get_redis(url=None, *, retries=1):
+class RedisNotConfigured(ImproperlyConfigured, RedisError):
+    """MQ_REDIS_URL is empty. Also a RedisError, so that pages and /healthz
+    report Redis as unavailable instead of failing with a 500."""
+
+
+def redis_url(url=None):
+    """The URL to connect to; RedisNotConfigured when the project names none."""
     url = url or mq_settings.MQ_REDIS_URL
+    if not url:
+        raise RedisNotConfigured(NO_REDIS)
+    return url
+
+
+def get_redis(url=None, *, retries=1):
+    url = redis_url(url)
     timeout = mq_settings.MQ_SOCKET_TIMEOUT
     cache_key = (url, timeout, retries)
     client = _clients.get(cache_key)

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .conf import mq_settings
+from .connection import redis_url
 
 PING_TOKEN = b"mq-listener-ping"
 
@@ -43,7 +44,7 @@ def subscriber_client(url=None):
     """
     timeout = mq_settings.MQ_SOCKET_TIMEOUT
     return redis.Redis.from_url(
-        url or mq_settings.MQ_REDIS_URL,
+        redis_url(url),
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 2.0),
         health_check_interval=0,

@@ -1,13 +1,13 @@
 """Example tasks, used by the trigger pages, the benchmarks and the tests.
 
 Any installed app's tasks.py is discovered the same way; a task is a
-module-level function decorated with @task.
+module-level function decorated with @task. Every task here can be started
+by any API token holder, so only harmless ones live here: tasks that write
+files, kill or stall workers are the test suite's (tests/fixture_tasks.py).
 """
 
 import logging
-import os
 import random
-import signal
 import time
 
 from .compat import task
@@ -38,12 +38,6 @@ def stamp(sent_at):
 
 
 @task
-def sleep_for(seconds=1.0):
-    time.sleep(float(seconds))
-    return seconds
-
-
-@task
 def add(a, b):
     return a + b
 
@@ -58,16 +52,3 @@ def report_attempt(context):
     """Returns what the Tasks API tells a running task about itself."""
     return {"id": context.task_result.id, "attempt": context.attempt}
 
-
-@task
-def crash_worker():
-    """Kills the process running it, as a segfault or the OOM killer would."""
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-@task
-def append_to_file(path, line):
-    """Appends a line to a file: lets tests count real executions."""
-    with open(path, "a") as handle:
-        handle.write(f"{line}\n")
-    return line

@@ -4,7 +4,7 @@ Paths have no trailing slash, as the design's table lists them; /healthz
 and /metrics also match SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api, metrics, views
 
@@ -12,6 +12,7 @@ app_name = "tasks"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("prodcons", views.prodcons, name="prodcons"),
     path("pubsub", views.pubsub_page, name="pubsub"),
     path("api/tasks", api.create_task, name="api-tasks"),
@@ -20,4 +21,6 @@ urlpatterns = [
     path("api/stats", api.stats, name="api-stats"),
     path("healthz", api.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),
+    # Last: any other path under api/ answers a JSON 404.
+    re_path(r"^api/", api.not_found, name="api-not-found"),
 ]

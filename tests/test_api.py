@@ -142,7 +142,7 @@ def test_405_comes_before_413_and_400(client, nothing_changed, settings):
 # --- 413 ---------------------------------------------------------------------
 def test_body_over_the_limit_is_413(client, nothing_changed, settings):
     settings.MQ_API_MAX_BODY_BYTES = 100
-    body = {"task": "tasks.tasks.append_to_file", "args": ["/tmp/x", "y" * 200]}
+    body = {"task": "tests.fixture_tasks.append_to_file", "args": ["/tmp/x", "y" * 200]}
     assert_error(post(client, "/api/tasks", body), 413, "larger than the limit of 100 bytes")
 
 
@@ -329,6 +329,24 @@ def test_publish_with_redis_down_is_503(client, redis_down):
     assert_error(response, 503, "Redis is not answering")
     assert "Retry-After" in response
     assert PublishedMessage.objects.count() == 0
+
+
+# --- unknown paths -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, path, hint",
+    [
+        ("POST", "/api/tasks/", "/api/tasks"),
+        ("GET", "/api/tasks/some-id/", "/api/tasks/some-id"),
+        ("POST", "/api/messages/", "/api/messages"),
+        ("GET", "/api/no-such-thing", None),
+        ("DELETE", "/api/", None),
+    ],
+)
+def test_unknown_api_path_is_a_json_404(client, nothing_changed, method, path, hint):
+    for extra in (AUTH, {}):
+        response = client.generic(method, path, "{}", content_type="application/json", **extra)
+        assert_error(response, 404, f"no API endpoint at {path}")
+        assert (f"did you mean {hint}?" in response.json()["error"]) is (hint is not None)
 
 
 # --- /api/stats and /healthz -------------------------------------------------------

@@ -2,13 +2,17 @@
 follows --verbosity, and settings.LOGGING able to override it."""
 
 import logging
+import socket
+import urllib.error
+import urllib.request
 
 import pytest
 
 from tasks.management.process import set_verbosity
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add, always_fails
-from tests.processes import run_manage
+from tests.processes import manage, run_manage, stop, wait_for
+from tests.redis_server import free_port
 
 FIELDS = {"task_id", "task", "queue", "worker", "attempt", "duration", "outcome"}
 
@@ -96,3 +100,33 @@ def test_verbosity_maps_to_levels(settings, verbosity, level):
         assert logger.level == logging.ERROR
     finally:
         logger.setLevel(before)
+
+
+
+@pytest.mark.no_redis
+def test_runserver_logs_one_line_per_request(tmp_path):
+    """What the `make run` terminal shows: a 4xx was printed twice (Django's
+    console handler and the root handler) and its access line came on top."""
+    port = free_port()
+    log = tmp_path / "runserver.log"
+    server = manage("", "runserver", f"127.0.0.1:{port}", "--noreload", settings={"DEBUG": True}, log_path=log)
+    try:
+        wait_for(lambda: accepts(port), timeout=30, message="runserver")
+        site = f"http://127.0.0.1:{port}"
+        for request in (f"{site}/no-such-page-4xx", urllib.request.Request(f"{site}/api/messages", b"{}")):
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=10)
+        wait_for(lambda: '"POST /api/messages HTTP/1.1" 401' in log.read_text(), message="the access line")
+    finally:
+        stop(server)
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "/no-such-page-4xx" in line]) == 1, lines
+    assert len([line for line in lines if "/api/messages" in line]) == 1, lines
+
+
+def accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

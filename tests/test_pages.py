@@ -95,6 +95,15 @@ def test_index_degrades_when_redis_is_down(client, redis_down):
     assert "SUCCESSFUL" in page  # the history comes from the database and still shows
 
 
+def test_every_page_names_a_favicon_that_is_served(client):
+    page = client.get("/").content.decode()
+    assert '<link rel="icon" href="/favicon.ico" type="image/svg+xml">' in page
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/svg+xml"
+    assert b"<svg" in b"".join(response.streaming_content)
+
+
 # --- /prodcons -----------------------------------------------------------------
 def test_get_prodcons_shows_form_and_never_enqueues(enqueuer, redis_client):
     response = enqueuer.get("/prodcons")

@@ -13,8 +13,9 @@ import time
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import add, sleep_for
+from tasks.tasks import add
 from tasks.worker import Worker
+from tests.fixture_tasks import sleep_for
 from tests.processes import manage, run_in_thread, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

@@ -7,8 +7,9 @@ from django.test import Client
 
 from tasks.backend import queue_for
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import add, append_to_file
+from tasks.tasks import add
 from tasks.worker import Worker
+from tests.fixture_tasks import append_to_file
 from tests.outage import cut_off_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

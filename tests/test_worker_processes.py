@@ -7,7 +7,7 @@ import pytest
 
 from tasks import keys
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import append_to_file, crash_worker, sleep_for
+from tests.fixture_tasks import append_to_file, crash_worker, sleep_for
 from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

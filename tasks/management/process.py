@@ -1,13 +1,26 @@
-"""What the long-running commands share: log level from --verbosity, and the
-stop signals (the first asks for a graceful stop, a second one forces)."""
+"""What the commands share: the check that a Redis was named; and for the
+long-running ones, log level from --verbosity, and the stop signals (the
+first asks for a graceful stop, a second one forces)."""
 
 import logging
 import signal
 import sys
 
 from django.conf import settings
+from django.core.management.base import CommandError
+
+from tasks.connection import RedisNotConfigured, redis_url
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
+
+
+def require_redis():
+    """Stop a command that needs Redis before it does anything, when the
+    project names none: exit 1 with the message, no traceback."""
+    try:
+        redis_url()
+    except RedisNotConfigured as exc:
+        raise CommandError(str(exc)) from None
 
 
 def set_verbosity(verbosity):

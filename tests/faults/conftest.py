@@ -14,10 +14,9 @@ from tests.processes import manage, stop
 
 QUEUE = "task:prodcons:queue"
 
-# Every worker process of the suite imports the fault tasks, and sweeps with
-# short periods, so that recovery happens within a test's patience.
+# Every worker process of the fault suite sweeps with short periods, so that
+# recovery happens within a test's patience.
 FAULT_SETTINGS = {
-    "MQ_TASK_MODULES": ["tests.faults.fault_tasks"],
     "MQ_SWEEP_GRACE_SECONDS": 2.0,
     "MQ_SWEEP_INTERVAL_SECONDS": 0.5,
 }

@@ -1,6 +1,6 @@
 """Tasks only the fault suite uses. Worker processes import this module
-through MQ_TASK_MODULES (see FAULT_SETTINGS in conftest.py); the test process
-registers them by importing it."""
+through MQ_TASK_MODULES (see tests/settings.py); the test process registers
+them by importing it."""
 
 import time
 

@@ -8,9 +8,9 @@ import pytest
 
 from tasks.models import TaskRecord
 from tasks.queue import QueueUnavailable
-from tasks.tasks import append_to_file
 from tests.faults.conftest import all_final, count_status, executions, redis_leftovers
 from tests.faults.fault_tasks import slow_append
+from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

@@ -9,9 +9,9 @@ import pytest
 from django.db import connection, connections, transaction
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import append_to_file
 from tests.faults.conftest import all_final, executions
 from tests.faults.fault_tasks import slow_append
+from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

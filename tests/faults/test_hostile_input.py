@@ -14,10 +14,10 @@ from tasks import keys
 from tasks import worker as worker_module
 from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
 from tasks.pubsub import publish
-from tasks.tasks import append_to_file
 from tasks.worker import Worker
 from tests.faults.conftest import QUEUE, all_final, executions
 from tests.faults.fault_tasks import returns_unstorable
+from tests.fixture_tasks import append_to_file
 from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -49,7 +49,7 @@ def hostile_items(marker):
         '{"id": "deep-object", "task": "tasks.tasks.add", "args": ' + nested(100_000) + "}",
         # parseable, but deep enough to break anything that recurses on it later
         '{"id": "deep-args-1", "task": "tasks.tasks.add", "args": [' + nested(500) + ", 1]}",
-        '{"id": "deep-args-2", "task": "tasks.tasks.append_to_file", "args": [' + nested(900) + ', "x"]}',
+        '{"id": "deep-args-2", "task": "tests.fixture_tasks.append_to_file", "args": [' + nested(900) + ', "x"]}',
         '{"id": "deep-kwargs", "task": "tasks.tasks.add", "args": [], "kwargs": {"a": ' + nested(950) + "}}",
         *UNSTORABLE.values(),
     ]

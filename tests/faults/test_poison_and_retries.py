@@ -10,11 +10,12 @@ import pytest
 
 from tasks import keys
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import always_fails, append_to_file, sleep_for
+from tasks.tasks import always_fails
 from tasks.batch import retry_delay
 from tasks.worker import Worker
 from tests.faults.conftest import QUEUE, all_final, executions
 from tests.faults.fault_tasks import stubborn_sleep
+from tests.fixture_tasks import append_to_file, sleep_for
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

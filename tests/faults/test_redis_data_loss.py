@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import append_to_file
 from tests.faults.conftest import (
     all_final,
     count_status,
@@ -17,6 +16,7 @@ from tests.faults.conftest import (
     redis_leftovers,
 )
 from tests.faults.fault_tasks import flaky_append, slow_append, slow_first_time
+from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

@@ -12,10 +12,11 @@ from django.db import transaction
 from tasks import keys
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue import QueueUnavailable, ReliableQueue
-from tasks.tasks import add, append_to_file
+from tasks.tasks import add
 from tasks.worker import Worker
 from tests.faults.conftest import QUEUE, all_final, executions, redis_leftovers
 from tests.faults.fault_tasks import slow_append
+from tests.fixture_tasks import append_to_file
 from tests.processes import run_manage, wait_for
 from tests.redis_server import free_port
 

@@ -9,8 +9,9 @@ from django.db import transaction
 
 from tasks.models import TaskRecord
 from tasks.queue import QueueUnavailable
-from tasks.tasks import add, append_to_file
+from tasks.tasks import add
 from tests.faults.conftest import all_final, executions
+from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

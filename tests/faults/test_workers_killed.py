@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import append_to_file
 from tests.faults.conftest import all_final, executions, redis_leftovers
+from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tasks import registry
 from tasks.backend import ArgumentsNotStorable, MessageTooLarge, QueueUnavailable
 from tasks.compat import InvalidTaskError
+from tasks.management.process import require_redis
 
 
 def _json_arg(text, kind, option):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--queue", metavar="NAME", help="Queue to use instead of the task's own.")
 
     def handle(self, *args, task_path, task_args, task_kwargs, count, queue, **options):
+        require_redis()
         task = registry.get(task_path)
         if task is None:
             known = ", ".join(registry.paths())

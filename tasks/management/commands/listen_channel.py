@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from tasks.envelope import ID_PATTERN
 from tasks.listener import Listener
-from tasks.management.process import install_stop_handlers, set_verbosity
+from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
 from tasks.pubsub import CHANNEL_MAX_LENGTH
 
 
@@ -39,6 +39,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, channels=None, patterns=None, max_messages=None, listener_id=None, verbosity=1, **options):
+        require_redis()
         if max_messages is not None and max_messages < 1:
             raise CommandError("--max-messages must be at least 1.")
         if listener_id is not None and not ID_PATTERN.match(listener_id):

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from tasks.conf import mq_settings
 from tasks.envelope import ID_PATTERN
-from tasks.management.process import install_stop_handlers, set_verbosity
+from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
 from tasks.worker import Worker
 
 
@@ -27,6 +27,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, queues=None, burst=False, max_tasks=None, worker_id=None, verbosity=1, **options):
+        require_redis()
         if max_tasks is not None and max_tasks < 1:
             raise CommandError("--max-tasks must be at least 1.")
         if worker_id is not None and not ID_PATTERN.match(worker_id):

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from tasks.management.process import require_redis
 from tasks.pubsub import publish
 from tasks.queue import QueueUnavailable
 
@@ -19,6 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--channel", metavar="NAME", help="Channel to publish on. Default: MQ_DEFAULT_CHANNEL.")
 
     def handle(self, *args, message, channel=None, **options):
+        require_redis()
         try:
             receivers = publish(message, channel=channel, publisher="command")
         except (QueueUnavailable, ValueError) as exc:  # ValueError covers MessageTooLarge and a bad channel

@@ -3,6 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
+from tasks.management.process import require_redis
 from tasks.status import collect_status
 
 
@@ -13,6 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the stable JSON document (for scripts and monitoring).")
 
     def handle(self, *args, json=False, **options):
+        require_redis()
         try:
             status = collect_status()
         except RedisError as exc:

@@ -1,0 +1,30 @@
+"""Tasks the test suite runs through real workers. They write files, kill or
+stall the worker, so they are registered only by tests/settings.py
+(MQ_TASK_MODULES), never in a deployment; the test process registers them
+by importing this module."""
+
+import os
+import signal
+import time
+
+from tasks.compat import task
+
+
+@task
+def sleep_for(seconds=1.0):
+    time.sleep(float(seconds))
+    return seconds
+
+
+@task
+def crash_worker():
+    """Kills the process running it, as a segfault or the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def append_to_file(path, line):
+    """Appends a line to a file: lets tests count real executions."""
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line
