@@ -39,7 +39,8 @@ from .recorder import Outcome, Recorder
 from .sdnotify import SystemdNotifier
 from .storable import printable, unstorable
 from .sweeper import sweep
-from .timelimit import TaskTimeLimitExceeded, install_time_limit_handler, time_limit
+from .management.process import ForcedStop
+from .timelimit import install_time_limit_handler, time_limit
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,12 @@ class Worker:
                 if problem:  # fail the run here, rather than the worker at the database write
                     raise ValueError(f"the task's return value cannot be recorded: {problem}")
             return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
-        except (Exception, TaskTimeLimitExceeded) as exc:
+        except ForcedStop:
+            raise  # the operator's second signal ends the worker, not the task
+        except BaseException as exc:
+            # Whatever task code raises is its failure: sys.exit(), a
+            # KeyboardInterrupt (our SIGINT handler raises none), the time
+            # limit's exception. Let through, they ended the whole worker.
             error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
             return Outcome(envelope.id, TaskStatus.FAILED, started_at, utcnow(), error=error)
         finally:

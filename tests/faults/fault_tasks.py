@@ -2,6 +2,7 @@
 through MQ_TASK_MODULES (see FAULT_SETTINGS in conftest.py); the test process
 registers them by importing it."""
 
+import sys
 import time
 
 from tasks.compat import task
@@ -62,3 +63,38 @@ def returns_unstorable(kind):
     if kind == "surrogate":
         return "\ud800"
     raise RuntimeError("NUL \x00 and a lone surrogate \udfff in an error message")
+
+
+# Runs counted in Redis rather than in a file: a hash field per label,
+# incremented by every run (see tests.faults.conftest.runs_counted).
+RUNS_KEY = "tests:runs"
+
+
+def count_run(label):
+    """Count one real run of ``label``; returns how many there were so far."""
+    from tasks.connection import get_redis
+
+    return get_redis().hincrby(RUNS_KEY, label, 1)
+
+
+@task
+def counted(label):
+    count_run(label)
+    return label
+
+
+class NotAnException(BaseException):
+    """What careless or hostile task code may raise: no Exception subclass."""
+
+
+@task
+def raises_base_exception(label, kind):
+    """Counts its run, then ends it with an exception that is no Exception."""
+    count_run(label)
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt("raised by the task itself")
+    if kind == "generator_exit":
+        raise GeneratorExit("raised by the task itself")
+    raise NotAnException(f"{label} is no Exception")
