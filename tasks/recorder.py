@@ -112,9 +112,10 @@ class Recorder:
             with self.connection.cursor() as cursor:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def unclaim(self, ids):
-        """Undo the claim of tasks a stopping worker did not get to run."""
-        TaskRecord.objects.using(self.using).filter(id__in=ids, status=TaskStatus.RUNNING).update(
+    def unclaim(self, ids, worker_id):
+        """Undo the claim of tasks a worker did not get to run (it is stopping,
+        or was stalled and lost them), unless another worker claimed them since."""
+        TaskRecord.objects.using(self.using).filter(id__in=ids, status=TaskStatus.RUNNING, worker=worker_id).update(
             status=TaskStatus.READY, attempts=models.F("attempts") - 1
         )
 

@@ -2,6 +2,10 @@
 through MQ_TASK_MODULES (see FAULT_SETTINGS in conftest.py); the test process
 registers them by importing it."""
 
+import math
+import os
+import re
+import signal
 import sys
 import time
 
@@ -98,3 +102,41 @@ def raises_base_exception(label, kind):
     if kind == "generator_exit":
         raise GeneratorExit("raised by the task itself")
     raise NotAnException(f"{label} is no Exception")
+
+
+@task
+def stops_its_worker_once(label):
+    """On its first run, SIGSTOPs its own worker process, as a debugger, a VM
+    pause or an overloaded host would freeze it; later runs just count."""
+    if count_run(label) == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return label
+
+
+@task
+def holds_the_gil_once(label, seconds, go_key):
+    """On its first run, once ``go_key`` exists in Redis, holds the GIL for
+    about ``seconds`` in one C call (a catastrophic regex), so the worker's
+    heartbeat thread cannot run meanwhile; later runs just count."""
+    from tasks.connection import get_redis
+
+    if count_run(label) > 1:
+        return label
+    pattern = re.compile(r"(a+)+b")  # backtracks 2**n times on n a's and no b
+    def took(n):  # the least of three: a busy machine only makes a match slower
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            pattern.match("a" * n)
+            times.append(time.monotonic() - started)
+        return min(times)
+
+    n = 17
+    while (short := took(n)) < 0.02:  # calibrate on short matches (C calls too)
+        n += 1
+    n += math.ceil(math.log2(float(seconds) / short))
+    deadline = time.monotonic() + 60
+    while not get_redis().exists(go_key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pattern.match("a" * n)
+    return label
