@@ -50,6 +50,8 @@ def assert_nothing_ran_twice_that_had_not_started(redis_client, ids):
     assert {label: runs[label] for label in later} == dict.fromkeys(later, 1)
     rows = {row.id: row for row in TaskRecord.objects.filter(id__in=ids.values())}
     assert len(rows) == COUNT and {row.status for row in rows.values()} == {TaskStatus.SUCCESSFUL}
+    # The attempts say so too: the stalled worker's claim of what it never ran is undone.
+    assert {label: rows[ids[label]].attempts for label in later} == dict.fromkeys(later, 1)
     wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
 
 
