@@ -4,6 +4,15 @@ The main thread may spend minutes inside one task; the lease must not expire
 meanwhile, or another worker would run the task a second time. So a thread
 renews it. That thread vouches to the systemd watchdog only for a task still
 inside its time limit: a main loop stuck anywhere else stops the pings.
+
+The lease still lapses when the whole process stalls (SIGSTOP, a paused VM)
+or when a task holds the GIL in one long C call, which no Python thread can
+interrupt. Other workers then take its tasks back. So the thread also keeps
+``held_until``: until then the lease is known to have been held without a
+break since the tasks in hand were taken, and the worker runs them without
+asking Redis (Worker._owns). A renewal only extends a lease that is still
+there; a lease that had lapsed is taken anew in a new ``epoch``, and tasks
+taken in an earlier one are checked with Redis one by one before they run.
 """
 
 import logging
@@ -11,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 
 from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
@@ -26,6 +36,12 @@ TICK_SECONDS = 0.25
 CHECKPOINT_SECONDS = 1.0
 # Grace past a task's time limit before the watchdog is left to fire.
 LIMIT_GRACE_SECONDS = 5
+# The share of a lease not trusted: room for clock drift and rounding.
+LEASE_MARGIN = 0.1
+
+# The lease clock counts a suspended machine's sleep, as Redis's expiry does
+# (time.monotonic does not).
+lease_clock = partial(time.clock_gettime, time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
 
 
 class Heartbeat:
@@ -35,12 +51,38 @@ class Heartbeat:
         self._thread = None
         self._told_stopping = False
         self._stopping_lock = threading.Lock()
+        self.held_until = 0.0  # lease_clock() time
+        self.epoch = 0  # odd while a lapsed lease is being taken anew
 
-    def beat(self):
+    def holds(self, epoch):
+        """Whether the lease was held without a break since ``epoch`` began,
+        and is held now. Free: no round trip (the worker asks per task)."""
+        # held_until before epoch: beat() writes them in the other order.
+        return lease_clock() < self.held_until and self.epoch == epoch
+
+    def held(self, sent):
+        """The lease was (re)set by a command sent at lease_clock() ``sent``."""
+        self.held_until = sent + mq_settings.MQ_LEASE_SECONDS * (1 - LEASE_MARGIN)
+
+    def beat(self, first=False):
         """Renew the worker's leases and presence (one round trip each)."""
         worker = self.worker
-        for queue in worker.queues:
-            queue.register(worker.worker_id, mq_settings.MQ_LEASE_SECONDS)
+        lease = mq_settings.MQ_LEASE_SECONDS
+        sent = lease_clock()
+        if all([queue.register(worker.worker_id, lease, renew_only=not first) for queue in worker.queues]):
+            self.held(sent)
+        else:
+            # Lapsed: the process stalled, or Redis lost its data. Other workers
+            # may have taken back the tasks in hand; the worker checks them.
+            logger.warning("event=lease_lapsed worker=%s", worker.worker_id)
+            self.epoch += 1
+            try:
+                sent = lease_clock()
+                for queue in worker.queues:
+                    queue.register(worker.worker_id, lease)
+                self.held(sent)
+            finally:
+                self.epoch += 1
         current = worker.current
         info = {
             "queues": worker.queue_names,

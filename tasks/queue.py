@@ -62,6 +62,7 @@ class ReliableQueue:
         self._recover = client.register_script(scripts.RECOVER)
         self._promote = client.register_script(scripts.PROMOTE_DUE)
         self._ack = client.register_script(scripts.ACK)
+        self._confirm = client.register_script(scripts.CONFIRM_HELD)
 
     # --- producers -------------------------------------------------------
     def push(self, envelopes, max_length=None, payloads=None):
@@ -121,14 +122,15 @@ class ReliableQueue:
         """Acknowledge taken items in one round trip, once outcomes are recorded.
 
         done: raw items to drop from the processing list; finished_ids leave the
-        sweeper's index; retries are (envelope, due unix time) pairs for the
-        delayed set; dead are dead-letter entries (dicts); stats are counter
-        increments for /metrics.
+        sweeper's index; retries are (raw item, next envelope, due unix time)
+        for the delayed set, scheduled only if the item is still this worker's;
+        dead are dead-letter entries (dicts); stats are counter increments for
+        /metrics.
         """
         stats = stats or {}
         argv = [dead_max, len(done), len(finished_ids), len(retries), len(dead), len(stats), *done, *finished_ids]
-        for envelope, due in retries:
-            argv += [due, envelope.encode()]
+        for raw, envelope, due in retries:
+            argv += [raw, due, envelope.encode()]
         argv += [json.dumps(entry) for entry in dead]
         for name, amount in stats.items():
             argv += [name, amount]
@@ -142,12 +144,24 @@ class ReliableQueue:
         next_due = self._promote(keys=[self.delayed_key, self.key], args=[now or time.time(), limit])
         return float(next_due) if next_due is not None else None
 
-    def register(self, worker_id, lease_seconds):
-        """Renew a worker's lease (and membership) on this queue."""
+    def register(self, worker_id, lease_seconds, renew_only=False):
+        """Take or renew a worker's lease (and membership) on this queue.
+
+        renew_only: only extend a lease that is still there; False if it had
+        lapsed (other workers may have taken back the items it covered).
+        """
         with self.client.pipeline(transaction=False) as pipe:
             pipe.sadd(self.workers_key, worker_id)
-            pipe.set(keys.lease(self.key, worker_id), "1", px=int(lease_seconds * 1000))
-            pipe.execute()
+            pipe.set(keys.lease(self.key, worker_id), "1", px=int(lease_seconds * 1000), xx=renew_only)
+            return bool(pipe.execute()[1])
+
+    def confirm_held(self, worker_id, raw, lease_seconds):
+        """Whether a taken item is still in this worker's processing list (no
+        other worker took it back); if so, the lease is taken anew."""
+        processing = keys.processing(self.key, worker_id)
+        lease_key = keys.lease(self.key, worker_id)
+        held = self._confirm(keys=[processing, lease_key, self.workers_key], args=[raw, int(lease_seconds * 1000), worker_id])
+        return held == 1
 
     def release(self, worker_id):
         """Return a stopping worker's untouched items to the queue; deregister it."""

@@ -115,10 +115,14 @@ class Recorder:
             with self.connection.cursor() as cursor:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def unclaim(self, ids):
-        """Undo the claim of tasks a stopping worker did not get to run."""
-        TaskRecord.objects.using(self.using).filter(id__in=ids, status=TaskStatus.RUNNING).update(
-            status=TaskStatus.READY, attempts=models.F("attempts") - 1
+    def unclaim(self, ids, worker_id):
+        """Undo the claim of tasks a worker did not get to run: it is stopping,
+        or was stalled and lost them. The attempt it counted goes in any case;
+        the row goes back to READY only if no other worker claimed it since."""
+        mine = models.Q(status=TaskStatus.RUNNING, worker=worker_id)
+        TaskRecord.objects.using(self.using).filter(id__in=ids).update(
+            attempts=models.F("attempts") - 1,
+            status=models.Case(models.When(mine, then=models.Value(TaskStatus.READY)), default=models.F("status")),
         )
 
     def reopen_running(self, worker_id):

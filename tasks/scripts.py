@@ -71,7 +71,10 @@ return {items, oversized}
 # sending and parsing 200 LREMs cost a fifth of a no-op task. Atomic, so the
 # items leave the processing list together with their retries, dead letters
 # and counters. Items were pushed on the left as they were taken, so the
-# oldest sits at the tail and LREM from the tail finds each at once.
+# oldest sits at the tail and LREM from the tail finds each at once. A retry
+# is scheduled only while its item is still in the list: a worker stalled
+# past its lease lost the item to the worker that took it back, whose retry
+# counts, and a second one would run the task twice.
 ACK = """
 -- KEYS[1] = this worker's processing list
 -- KEYS[2] = task id set (the sweeper's index)
@@ -80,8 +83,8 @@ ACK = """
 -- KEYS[5] = stats hash
 -- ARGV[1] = dead-letter list's maximum length
 -- ARGV[2..6] = how many: done items, finished ids, retries, dead entries, stats
--- then, in that order: items; ids; due time + envelope pairs; entries;
--- field + increment pairs.
+-- then, in that order: items; ids; item + due time + envelope triples;
+-- entries; field + increment pairs.
 local i = 7
 local function take(count, width)
   local first = i
@@ -91,12 +94,15 @@ end
 local counts = {}
 for k = 1, 5 do counts[k] = tonumber(ARGV[k + 1]) end
 local done, ids = take(counts[1], 1), take(counts[2], 1)
-local retries, dead, stats = take(counts[3], 2), take(counts[4], 1), take(counts[5], 2)
+local retries, dead, stats = take(counts[3], 3), take(counts[4], 1), take(counts[5], 2)
 for k = 0, counts[5] - 1 do
   redis.call('HINCRBYFLOAT', KEYS[5], ARGV[stats + 2 * k], ARGV[stats + 2 * k + 1])
 end
 for k = 0, counts[3] - 1 do
-  redis.call('ZADD', KEYS[3], ARGV[retries + 2 * k], ARGV[retries + 2 * k + 1])
+  local r = retries + 3 * k
+  if redis.call('LPOS', KEYS[1], ARGV[r], 'RANK', -1) then
+    redis.call('ZADD', KEYS[3], ARGV[r + 1], ARGV[r + 2])
+  end
 end
 for k = 0, counts[4] - 1 do
   redis.call('LPUSH', KEYS[4], ARGV[dead + k])
@@ -134,6 +140,24 @@ while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT') do
 end
 redis.call('SREM', KEYS[4], ARGV[1])
 return moved
+"""
+
+# Why: a worker about to run a task it took before its lease lapsed (it was
+# stalled) must know that no other worker took the task back meanwhile, and
+# keep it so: the check and the new lease are one step. A recovery moves the
+# whole processing list, so the item still there means nobody took it.
+CONFIRM_HELD = """
+-- KEYS[1] = this worker's processing list
+-- KEYS[2] = the worker's lease
+-- KEYS[3] = the queue's worker set
+-- ARGV[1] = the item, ARGV[2] = lease in milliseconds, ARGV[3] = worker id
+-- Items are taken onto the head, so the next one to run is near the tail.
+if not redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1) then
+  return 0
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
 """
 
 # Why: moving due items and removing them from the set must be one step, or

@@ -32,14 +32,15 @@ from .connection import get_redis
 from .dbretry import retry_database
 from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
 from .faults import fault_point
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, lease_clock
 from .models import TaskStatus
 from .queue import QueueUnavailable, ReliableQueue
 from .recorder import Outcome, Recorder
 from .sdnotify import SystemdNotifier
 from .storable import printable, unstorable
 from .sweeper import sweep
-from .timelimit import TaskTimeLimitExceeded, install_time_limit_handler, time_limit
+from .management.process import ForcedStop
+from .timelimit import install_time_limit_handler, time_limit
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Worker:
         self._redis_failing = False
         self._redis_errors = 0  # in a row: the backoff grows with them
         self._batch_options = {}
+        self._epoch = 0  # the heartbeat's epoch when the batch in hand was taken
         self.heartbeat = Heartbeat(self)
 
     def request_stop(self):
@@ -121,7 +123,7 @@ class Worker:
                     moved = queue.recover_own(self.worker_id)
                     if moved:
                         logger.warning("event=recovered_own worker=%s queue=%s items=%d", self.worker_id, queue.name, moved)
-                self.heartbeat.beat()
+                self.heartbeat.beat(first=True)
                 break
             except RedisError as exc:
                 self._log_redis_down(exc)
@@ -167,6 +169,7 @@ class Worker:
 
     def _take(self):
         """(queue, items) to process; None when a burst run is done."""
+        self._epoch = self.heartbeat.epoch  # before the items are ours: see _owns
         limit = self.batch_size
         if self.max_tasks is not None:
             limit = max(1, min(limit, self.max_tasks - self.processed))
@@ -226,10 +229,13 @@ class Worker:
         if bad:
             self._record_bad(queue, [m for _, m in bad if m is not None])
 
-        unrun = []
+        unrun, owned = [], True
         for raw, envelope in runnable:
             attempt = attempts.get(envelope.id)
-            if self.stopping:
+            if attempt is not None and owned and not self.stopping:
+                # Once one item is gone, all are: a recovery takes the whole list.
+                owned = self._owns(queue, raw)
+            if self.stopping or not owned:
                 if attempt is not None:
                     unrun.append(envelope.id)
                 continue
@@ -244,7 +250,7 @@ class Worker:
         if ack.failures:
             self._db(self.recorder.fail, ack.failures)
         if unrun:
-            self._db(self.recorder.unclaim, unrun)
+            self._db(self.recorder.unclaim, unrun, self.worker_id)
         fault_point("after_record")
         queue.ack(
             self.worker_id,
@@ -284,6 +290,33 @@ class Worker:
             self._db(self.recorder.create_missing, missing)
             attempts.update(self._db(self.recorder.claim, [e.id for e in missing], self.worker_id))
         return attempts
+
+    def _owns(self, queue, raw):
+        """Whether a taken item is still this worker's to run.
+
+        A worker stalled past its lease (stopped, or its heartbeat starved by
+        a task holding the GIL) may have lost its batch: another worker took
+        it back, and may have run it already. While the lease has been held
+        without a break since the take, the answer is yes without a round
+        trip; otherwise Redis says whether the item is still in this worker's
+        processing list, and renews the lease if so.
+        """
+        heartbeat = self.heartbeat
+        if heartbeat.holds(self._epoch):
+            return True
+        epoch, sent = heartbeat.epoch, lease_clock()
+        try:
+            held = queue.confirm_held(self.worker_id, raw, mq_settings.MQ_LEASE_SECONDS)
+        except RedisError as exc:
+            # Unknown is not ours: the rest of the batch is left to recovery.
+            logger.warning("event=lease_unconfirmed worker=%s queue=%s error=%r", self.worker_id, queue.name, str(exc))
+            return False
+        if not held:
+            logger.warning("event=batch_taken_back worker=%s queue=%s (its lease had lapsed)", self.worker_id, queue.name)
+        elif epoch % 2 == 0:  # not while the heartbeat takes a new lease
+            self._epoch = epoch
+            heartbeat.held(sent)
+        return held
 
     def status_text(self):
         current = self.current
@@ -325,7 +358,12 @@ class Worker:
                 if problem:  # fail the run here, rather than the worker at the database write
                     raise ValueError(f"the task's return value cannot be recorded: {problem}")
             return Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, utcnow(), result=result)
-        except (Exception, TaskTimeLimitExceeded) as exc:
+        except ForcedStop:
+            raise  # the operator's second signal ends the worker, not the task
+        except BaseException as exc:
+            # Whatever task code raises is its failure: sys.exit(), a
+            # KeyboardInterrupt (our SIGINT handler raises none), the time
+            # limit's exception. Let through, they ended the whole worker.
             error = self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
             return Outcome(envelope.id, TaskStatus.FAILED, started_at, utcnow(), error=error)
         finally:
@@ -344,7 +382,7 @@ class Worker:
             outcome.status = TaskStatus.READY
             delay = retry_delay(attempt)
             ack.failures.append(outcome)
-            ack.retries.append((envelope.next_attempt(), time.time() + delay))
+            ack.retries.append((raw, envelope.next_attempt(), time.time() + delay))
             verdict, retry = "retried", f" retry_in={delay:.2f}"
         else:
             self.failed += 1

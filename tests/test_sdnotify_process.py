@@ -147,6 +147,28 @@ def test_stopping_at_once_on_sigterm_while_a_task_runs(redis_url, systemd, tmp_p
     assert systemd.seen("STOPPING=1") == 1, systemd.messages
 
 
+def test_a_second_sigterm_forces_the_worker_out_of_a_running_task(redis_url, systemd, tmp_path):
+    """The forced exit is a SystemExit raised inside the running task: the
+    worker must not take it for the task's own failure and carry on."""
+    log = tmp_path / "worker.log"
+    slow = sleep_for.enqueue(60)
+    worker = manage(redis_url, "listen_queue", "--worker-id", "sd-forced", log_path=log)
+    try:
+        wait_for(
+            lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(),
+            message="the task running",
+        )
+        worker.send_signal(signal.SIGTERM)
+        # Two signals sent together may reach the handler as one.
+        assert systemd.wait_for("STOPPING=1", timeout=5) is not None, "no STOPPING=1 after SIGTERM"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 128 + signal.SIGTERM, log.read_text()
+    finally:
+        stop(worker)
+    row = TaskRecord.objects.get(id=slow.id)
+    assert (row.status, row.errors) == (TaskStatus.RUNNING, [])  # left to recovery, not failed
+
+
 def test_frozen_loop_stops_the_watchdog_pings(redis_url, systemd, tmp_path):
     log = tmp_path / "worker.log"
     # The main loop freezes on its third pass, as a deadlock would; the

@@ -4,7 +4,6 @@ first asks for a graceful stop, a second one forces)."""
 
 import logging
 import signal
-import sys
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -32,6 +31,11 @@ def set_verbosity(verbosity):
     logging.getLogger("tasks").setLevel(LEVELS.get(verbosity, logging.DEBUG))
 
 
+class ForcedStop(SystemExit):
+    """The second stop signal. Its own class so the worker, which treats a
+    SystemExit raised by task code as that task's failure, lets it through."""
+
+
 def install_stop_handlers(request_stop):
     """SIGTERM/SIGINT: the first calls request_stop (which only sets a flag),
     the second exits at once; in-flight work then returns through recovery."""
@@ -40,7 +44,7 @@ def install_stop_handlers(request_stop):
     def handle(signum, frame):
         received.append(signum)
         if len(received) > 1:
-            sys.exit(128 + signum)
+            raise ForcedStop(128 + signum)
         request_stop()
 
     signal.signal(signal.SIGTERM, handle)

@@ -101,6 +101,14 @@ def executions(path):
     return collections.Counter(path.read_text().split())
 
 
+def runs_counted(client):
+    """How many times each label really ran, as counted in Redis by the
+    fault tasks (see fault_tasks.count_run)."""
+    from tests.faults.fault_tasks import RUNS_KEY
+
+    return collections.Counter({k.decode(): int(v) for k, v in client.hgetall(RUNS_KEY).items()})
+
+
 def statuses(ids):
     return dict(TaskRecord.objects.filter(id__in=ids).values_list("id", "status"))
 

@@ -2,6 +2,11 @@
 through MQ_TASK_MODULES (see tests/settings.py); the test process registers
 them by importing it."""
 
+import math
+import os
+import re
+import signal
+import sys
 import time
 
 from tasks.compat import task
@@ -65,3 +70,76 @@ def returns_unstorable(kind):
         # Task code names its exception classes; the name goes into the record.
         raise type("Weird", (Exception,), {"__module__": "bad\x00\udfffmodule"})("a plain message")
     raise RuntimeError("NUL \x00 and a lone surrogate \udfff in an error message")
+
+
+# Runs counted in Redis rather than in a file: a hash field per label,
+# incremented by every run (see tests.faults.conftest.runs_counted).
+RUNS_KEY = "tests:runs"
+
+
+def count_run(label):
+    """Count one real run of ``label``; returns how many there were so far."""
+    from tasks.connection import get_redis
+
+    return get_redis().hincrby(RUNS_KEY, label, 1)
+
+
+@task
+def counted(label):
+    count_run(label)
+    return label
+
+
+class NotAnException(BaseException):
+    """What careless or hostile task code may raise: no Exception subclass."""
+
+
+@task
+def raises_base_exception(label, kind):
+    """Counts its run, then ends it with an exception that is no Exception."""
+    count_run(label)
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt("raised by the task itself")
+    if kind == "generator_exit":
+        raise GeneratorExit("raised by the task itself")
+    raise NotAnException(f"{label} is no Exception")
+
+
+@task
+def stops_its_worker_once(label):
+    """On its first run, SIGSTOPs its own worker process, as a debugger, a VM
+    pause or an overloaded host would freeze it; later runs just count."""
+    if count_run(label) == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return label
+
+
+@task
+def holds_the_gil_once(label, seconds, go_key):
+    """On its first run, once ``go_key`` exists in Redis, holds the GIL for
+    about ``seconds`` in one C call (a catastrophic regex), so the worker's
+    heartbeat thread cannot run meanwhile; later runs just count."""
+    from tasks.connection import get_redis
+
+    if count_run(label) > 1:
+        return label
+    pattern = re.compile(r"(a+)+b")  # backtracks 2**n times on n a's and no b
+    def took(n):  # the least of three: a busy machine only makes a match slower
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            pattern.match("a" * n)
+            times.append(time.monotonic() - started)
+        return min(times)
+
+    n = 17
+    while (short := took(n)) < 0.02:  # calibrate on short matches (C calls too)
+        n += 1
+    n += math.ceil(math.log2(float(seconds) / short))
+    deadline = time.monotonic() + 60
+    while not get_redis().exists(go_key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pattern.match("a" * n)
+    return label

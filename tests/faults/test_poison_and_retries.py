@@ -13,8 +13,8 @@ from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import always_fails
 from tasks.batch import retry_delay
 from tasks.worker import Worker
-from tests.faults.conftest import QUEUE, all_final, executions
-from tests.faults.fault_tasks import stubborn_sleep
+from tests.faults.conftest import QUEUE, all_final, executions, runs_counted
+from tests.faults.fault_tasks import counted, raises_base_exception, stubborn_sleep
 from tests.fixture_tasks import append_to_file, sleep_for
 from tests.processes import wait_for
 
@@ -78,3 +78,40 @@ def test_a_retry_is_scheduled_with_backoff_and_every_error_is_kept(settings, red
     assert (row.status, row.attempts) == (TaskStatus.FAILED, 3)
     assert [e["attempt"] for e in row.errors] == [1, 2, 3]
     assert all("RuntimeError: first" in e["traceback"] for e in row.errors)
+
+
+def test_tasks_raising_base_exceptions_fail_and_the_worker_goes_on(redis_client, start_worker):
+    """sys.exit(), KeyboardInterrupt, GeneratorExit or any BaseException from
+    task code is that task's failure: recorded with its traceback, retried,
+    then FAILED; the tasks around it in the batch run once; the worker lives."""
+    kinds = {
+        "exit": "SystemExit",
+        "interrupt": "KeyboardInterrupt",
+        "generator_exit": "GeneratorExit",
+        "custom": "NotAnException",
+    }
+    innocent, bad = {}, {}
+    for i in range(12):
+        innocent[f"innocent-{i}"] = counted.enqueue(f"innocent-{i}").id
+        if i % 3 == 2:
+            kind = list(kinds)[i // 3]
+            bad[kind] = raises_base_exception.enqueue(f"bad-{kind}", kind).id
+    options = {raises_base_exception.module_path: {"max_attempts": 2}}
+    # A long batch target: after its first task the worker takes the rest at once.
+    worker = start_worker("survivor", settings={"MQ_TASK_OPTIONS": options, "MQ_BATCH_TARGET_SECONDS": 30})
+
+    def done():
+        return all_final(innocent.values())() and all_final(bad.values(), TaskStatus.FAILED)()
+
+    wait_for(lambda: done() or not worker.alive(), timeout=30, message="every task final")
+    assert worker.alive(), "a task's BaseException ended the worker"
+    assert done()
+    runs = runs_counted(redis_client)
+    assert {label: runs[label] for label in innocent} == dict.fromkeys(innocent, 1)
+    assert {kind: runs[f"bad-{kind}"] for kind in kinds} == dict.fromkeys(kinds, 2)
+    for kind, task_id in bad.items():
+        row = TaskRecord.objects.get(id=task_id)
+        assert row.attempts == 2 and [e["attempt"] for e in row.errors] == [1, 2]
+        assert all(kinds[kind] in e["exception"] and "Traceback" in e["traceback"] for e in row.errors), row.errors
+        assert "raises_base_exception" in row.errors[-1]["traceback"]
+
