@@ -182,7 +182,7 @@ DJANGO_REDIS_IGNORE_EXCEPTIONS = True
 # --- Django Tasks API: mqsite is the backend -------------------------------
 TASKS = {
     "default": {
-        "BACKEND": "tasks.backend.RedisTaskBackend",
+        "BACKEND": "tasks.queue.backend.RedisTaskBackend",
         "QUEUES": ["default", "slow"],
     }
 }

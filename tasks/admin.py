@@ -8,9 +8,9 @@ from django.utils.text import Truncator
 from django.utils.translation import ngettext
 from redis.exceptions import RedisError
 
-from .backend import REQUEUEABLE, queue_for, requeue
-from .models import PublishedMessage, ReceivedMessage, TaskRecord
-from .queue import QueueUnavailable
+from tasks.queue.backend import REQUEUEABLE, queue_for, requeue
+from tasks.models import PublishedMessage, ReceivedMessage, TaskRecord
+from tasks.queue.reliable import QueueUnavailable
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

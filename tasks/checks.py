@@ -4,7 +4,7 @@ import ipaddress
 
 from django.core.checks import Error, Info, Warning, register
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 
 def _number(name, minimum, allow_none=False):
@@ -66,7 +66,7 @@ def check_settings(app_configs, **kwargs):
         if not isinstance(getattr(mq_settings, name), dict):
             errors.append(Error(f"{name} must be a dict.", id=f"mqsite.E_{name}"))
     if not errors:
-        from . import registry
+        from tasks import registry
 
         for queue, path in mq_settings.MQ_RAW_MESSAGE_TASKS.items():
             if registry.get(path) is None:
@@ -101,8 +101,8 @@ def check_redis_eviction(app_configs, **kwargs):
     """
     from redis.exceptions import RedisError
 
-    from .connection import get_redis
-    from .status import redis_warnings
+    from tasks.queue.connection import get_redis
+    from tasks.web.status import redis_warnings
 
     try:
         found = redis_warnings(get_redis(retries=0))

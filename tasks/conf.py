@@ -61,7 +61,7 @@ DEFAULTS = {
     # Channels
     "MQ_DEFAULT_CHANNEL": "task:pubsub:channel",
     "MQ_CHANNEL_HANDLERS": {},
-    "MQ_DEFAULT_CHANNEL_HANDLER": "tasks.handlers.log_message",
+    "MQ_DEFAULT_CHANNEL_HANDLER": "tasks.channel.handlers.log_message",
     # Test-only fault injection (see tasks/faults.py); never set in production.
     "MQ_FAULT": "",
 }

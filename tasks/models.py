@@ -56,7 +56,7 @@ class TaskRecord(models.Model):
 
 
 class PublishedMessage(models.Model):
-    """One row per broadcast, written by tasks.pubsub.publish.
+    """One row per broadcast, written by tasks.channel.publish.publish.
 
     ``receivers`` is what Redis answered to PUBLISH: the subscriptions that
     got the message at that instant, not a promise that anyone handled it.
@@ -78,7 +78,7 @@ class PublishedMessage(models.Model):
 
 
 class ReceivedMessage(models.Model):
-    """One row per message per listener, written by tasks.listener.
+    """One row per message per listener, written by tasks.channel.listener.
 
     ``published`` points at the PublishedMessage it came from when mqsite
     published it; messages from other publishers (``redis-cli PUBLISH``)

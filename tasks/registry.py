@@ -10,7 +10,7 @@ from importlib import import_module
 
 from django.utils.module_loading import autodiscover_modules
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 _tasks = {}
 

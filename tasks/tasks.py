@@ -10,7 +10,7 @@ import logging
 import random
 import time
 
-from .compat import task
+from tasks.compat import task
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ and /metrics also match SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
 
 from django.urls import path, re_path
 
-from . import api, metrics, views
+from tasks.web import api
+from tasks.web import metrics
+from tasks.web import views
 
 app_name = "tasks"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.connection import reset_clients
+from tasks.queue.connection import reset_clients
 from tests.redis_server import RedisServer
 
 # Fixtures shared by several test modules.

@@ -4,7 +4,7 @@ or call cut_off_redis() midway through a test."""
 
 import pytest
 
-from tasks.connection import reset_clients
+from tasks.queue.connection import reset_clients
 from tests.redis_server import free_port
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 from tests.processes import run_manage
 
 # Transactional: the API pushes to Redis at once, as it does in production.

@@ -13,14 +13,15 @@ import pytest
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from tasks import presence, receipts
-from tasks.connection import reset_clients
+from tasks.queue import presence
+from tasks.channel import receipts
+from tasks.queue.connection import reset_clients
 from tasks.dbretry import DatabaseGaveUp, retry_database
-from tasks.listener import Listener
+from tasks.channel.listener import Listener
 from tasks.models import PublishedMessage, ReceivedMessage
-from tasks.pubsub import MessageTooLarge, publish
-from tasks.queue import QueueUnavailable
-from tasks.status import collect_status
+from tasks.channel.publish import MessageTooLarge, publish
+from tasks.queue.reliable import QueueUnavailable
+from tasks.web.status import collect_status
 from tests.processes import manage, run_manage, stop, wait_for
 from tests.redis_server import free_port
 
@@ -97,7 +98,7 @@ def test_two_listeners_record_each_message_exactly_once(redis_url, redis_client,
     }
     json_receipt = ReceivedMessage.objects.filter(payload='{"n":1}').first()
     assert (json_receipt.is_json, json_receipt.data, json_receipt.ok) == (True, {"n": 1}, True)
-    assert json_receipt.handler == "tasks.handlers.log_message"
+    assert json_receipt.handler == "tasks.channel.handlers.log_message"
     linked = ["alpha", "beta"]
     wait_for(
         lambda: all(sorted(row.receipts.values_list("listener", flat=True)) == linked for row in published.values()),

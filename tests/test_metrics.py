@@ -13,12 +13,13 @@ import pytest
 from django.core.checks import run_checks
 from django.db import OperationalError
 
-from tasks import metrics, presence
-from tasks.backend import queue_for
+from tasks.web import metrics
+from tasks.queue import presence
+from tasks.queue.backend import queue_for
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add, always_fails
-from tasks.batch import DURATION_BUCKETS
-from tasks.worker import Worker
+from tasks.worker.outcomes import DURATION_BUCKETS
+from tasks.worker.loop import Worker
 from tests.processes import run_in_thread, wait_for
 
 AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 
 # Transactional: a request outside a transaction pushes to Redis at once,
 # which is what these tests look at (inside one, the push waits for commit).

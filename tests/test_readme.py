@@ -8,7 +8,7 @@ import django
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 from tests.fixture_tasks import sleep_for
 from tests.processes import manage, run_in_thread, stop, wait_for
 

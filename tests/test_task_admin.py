@@ -5,10 +5,10 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from tasks.backend import queue_for
+from tasks.queue.backend import queue_for
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import add
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 from tests.fixture_tasks import append_to_file
 from tests.outage import cut_off_redis
 

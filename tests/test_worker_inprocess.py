@@ -7,14 +7,14 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from tasks import keys
-from tasks.backend import new_task_id, queue_for
-from tasks.envelope import BadMessage, Envelope, decode
+from tasks.queue import keys
+from tasks.queue.backend import new_task_id, queue_for
+from tasks.queue.envelope import BadMessage, Envelope, decode
 from tasks.models import TaskRecord, TaskStatus
-from tasks.queue import MessageTooLarge
-from tasks.recorder import Recorder
+from tasks.queue.reliable import MessageTooLarge
+from tasks.queue.recorder import Recorder
 from tasks.tasks import add, always_fails, cook_dish, report_attempt
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from tasks import keys
+from tasks.queue import keys
 from tasks.models import TaskRecord, TaskStatus
 from tests.fixture_tasks import append_to_file, crash_worker, sleep_for
 from tests.processes import manage, run_manage, stop, wait_for

@@ -8,7 +8,8 @@ import signal
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from tasks.connection import RedisNotConfigured, redis_url
+from tasks.exceptions import ForcedStop
+from tasks.queue.connection import RedisNotConfigured, redis_url
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
 
@@ -29,11 +30,6 @@ def set_verbosity(verbosity):
     if "level" in configured:
         return
     logging.getLogger("tasks").setLevel(LEVELS.get(verbosity, logging.DEBUG))
-
-
-class ForcedStop(SystemExit):
-    """The second stop signal. Its own class so the worker, which treats a
-    SystemExit raised by task code as that task's failure, lets it through."""
 
 
 def install_stop_handlers(request_stop):

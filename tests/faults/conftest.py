@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tasks import keys
+from tasks.queue import keys
 from tasks.models import TaskRecord, TaskStatus
 from tests.processes import manage, stop
 

@@ -79,7 +79,7 @@ RUNS_KEY = "tests:runs"
 
 def count_run(label):
     """Count one real run of ``label``; returns how many there were so far."""
-    from tasks.connection import get_redis
+    from tasks.queue.connection import get_redis
 
     return get_redis().hincrby(RUNS_KEY, label, 1)
 
@@ -121,7 +121,7 @@ def holds_the_gil_once(label, seconds, go_key):
     """On its first run, once ``go_key`` exists in Redis, holds the GIL for
     about ``seconds`` in one C call (a catastrophic regex), so the worker's
     heartbeat thread cannot run meanwhile; later runs just count."""
-    from tasks.connection import get_redis
+    from tasks.queue.connection import get_redis
 
     if count_run(label) > 1:
         return label

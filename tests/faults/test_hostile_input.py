@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from tasks import keys
-from tasks import worker as worker_module
+from tasks.queue import keys
+from tasks.worker import loop as worker_module
 from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
-from tasks.pubsub import publish
-from tasks.worker import Worker
+from tasks.channel.publish import publish
+from tasks.worker.loop import Worker
 from tests.faults.conftest import QUEUE, all_final, executions
 from tests.faults.fault_tasks import returns_unstorable
 from tests.fixture_tasks import append_to_file

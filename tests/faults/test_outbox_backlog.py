@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tasks import keys
-from tasks.backend import queue_for
+from tasks.queue import keys
+from tasks.queue.backend import queue_for
 from tasks.conf import mq_settings
 from tasks.models import TaskRecord, TaskStatus
-from tasks.sweeper import sweep
+from tasks.worker.sweeper import sweep
 from tasks.tasks import add
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]

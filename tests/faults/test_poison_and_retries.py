@@ -8,11 +8,11 @@ from datetime import datetime
 
 import pytest
 
-from tasks import keys
+from tasks.queue import keys
 from tasks.models import TaskRecord, TaskStatus
 from tasks.tasks import always_fails
-from tasks.batch import retry_delay
-from tasks.worker import Worker
+from tasks.worker.outcomes import retry_delay
+from tasks.worker.loop import Worker
 from tests.faults.conftest import QUEUE, all_final, executions, runs_counted
 from tests.faults.fault_tasks import counted, raises_base_exception, stubborn_sleep
 from tests.fixture_tasks import append_to_file, sleep_for

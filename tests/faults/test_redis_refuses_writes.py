@@ -9,11 +9,11 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
-from tasks import keys
+from tasks.queue import keys
 from tasks.models import TaskRecord, TaskStatus
-from tasks.queue import QueueUnavailable, ReliableQueue
+from tasks.queue.reliable import QueueUnavailable, ReliableQueue
 from tasks.tasks import add
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 from tests.faults.conftest import QUEUE, all_final, executions, redis_leftovers
 from tests.faults.fault_tasks import slow_append
 from tests.fixture_tasks import append_to_file

@@ -10,9 +10,9 @@ import signal
 
 import pytest
 
-from tasks import keys
-from tasks.backend import new_task_id, queue_for
-from tasks.envelope import Envelope, now_iso
+from tasks.queue import keys
+from tasks.queue.backend import new_task_id, queue_for
+from tasks.queue.envelope import Envelope, now_iso
 from tasks.models import TaskRecord, TaskStatus
 from tests.faults.conftest import QUEUE, all_final, redis_leftovers, runs_counted
 from tests.faults.fault_tasks import counted, holds_the_gil_once, stops_its_worker_once

@@ -1,10 +1,10 @@
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks.envelope import ID_PATTERN
-from tasks.listener import Listener
+from tasks.queue.envelope import ID_PATTERN
+from tasks.channel.listener import Listener
 from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
-from tasks.pubsub import CHANNEL_MAX_LENGTH
+from tasks.channel.publish import CHANNEL_MAX_LENGTH
 
 
 class Command(BaseCommand):

@@ -1,9 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks.conf import mq_settings
-from tasks.envelope import ID_PATTERN
+from tasks.queue.envelope import ID_PATTERN
 from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
-from tasks.worker import Worker
+from tasks.worker.loop import Worker
 
 
 class Command(BaseCommand):

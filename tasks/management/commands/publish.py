@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks.management.process import require_redis
-from tasks.pubsub import publish
-from tasks.queue import QueueUnavailable
+from tasks.channel.publish import publish
+from tasks.queue.reliable import QueueUnavailable
 
 
 class Command(BaseCommand):

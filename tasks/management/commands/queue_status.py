@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
 from tasks.management.process import require_redis
-from tasks.status import collect_status
+from tasks.web.status import collect_status
 
 
 class Command(BaseCommand):

@@ -32,10 +32,10 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from . import keys
-from .conf import mq_settings
-from .envelope import Envelope, oversized
-from .models import OPEN_STATUSES, TaskRecord, TaskStatus
+from tasks.queue import keys
+from tasks.conf import mq_settings
+from tasks.queue.envelope import Envelope, oversized
+from tasks.models import OPEN_STATUSES, TaskRecord, TaskStatus
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from django.db.models import Min
 
-from .models import PublishedMessage, ReceivedMessage
+from tasks.models import PublishedMessage, ReceivedMessage
 
 # How long after its publish a receipt may be recorded (a listener busy in a
 # slow handler or waiting out a database outage records late).

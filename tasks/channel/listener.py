@@ -25,15 +25,16 @@ from django.db import close_old_connections, connections, router
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from . import presence, receipts
-from .conf import mq_settings
-from .connection import get_redis
-from .dbretry import REFUSALS, DatabaseGaveUp, retry_database
-from .handlers import ChannelMessage, decode, handler_path, load_handlers
-from .models import ReceivedMessage
-from .sdnotify import SystemdNotifier
-from .storable import printable, unstorable
-from .subscription import Subscription, subscriber_client
+from tasks.queue import presence
+from tasks.channel import receipts
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.dbretry import REFUSALS, DatabaseGaveUp, retry_database
+from tasks.channel.handlers import ChannelMessage, decode, handler_path, load_handlers
+from tasks.models import ReceivedMessage
+from tasks.sdnotify import SystemdNotifier
+from tasks.storable import printable, unstorable
+from tasks.channel.subscription import Subscription, subscriber_client
 
 logger = logging.getLogger(__name__)
 

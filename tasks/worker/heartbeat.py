@@ -25,8 +25,8 @@ from functools import partial
 from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
 
-from . import presence
-from .conf import mq_settings
+from tasks.queue import presence
+from tasks.conf import mq_settings
 
 logger = logging.getLogger(__name__)
 

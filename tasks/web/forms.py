@@ -2,8 +2,8 @@
 
 from django import forms
 
-from .conf import mq_settings
-from .pubsub import CHANNEL_MAX_LENGTH, check_channel
+from tasks.conf import mq_settings
+from tasks.channel.publish import CHANNEL_MAX_LENGTH, check_channel
 
 MAX_COUNT = 100
 

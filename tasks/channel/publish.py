@@ -18,13 +18,13 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from . import receipts
-from .conf import mq_settings
-from .connection import get_redis
-from .envelope import oversized
-from .models import PublishedMessage
-from .queue import MessageTooLarge, QueueUnavailable
-from .storable import unstorable
+from tasks.channel import receipts
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.queue.envelope import oversized
+from tasks.models import PublishedMessage
+from tasks.queue.reliable import MessageTooLarge, QueueUnavailable
+from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 

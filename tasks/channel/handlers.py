@@ -17,7 +17,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ trip: outcomes, and task durations as histogram buckets.
 import random
 from bisect import bisect_left
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
 

@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
 

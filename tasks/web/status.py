@@ -4,11 +4,11 @@ the index page and /api/stats."""
 from django.db.models import Count
 from redis.exceptions import ResponseError
 
-from . import presence
-from .backend import queue_for
-from .conf import mq_settings
-from .connection import get_redis
-from .models import TaskRecord, TaskStatus
+from tasks.queue import presence
+from tasks.queue.backend import queue_for
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.models import TaskRecord, TaskStatus
 
 
 def queue_names():

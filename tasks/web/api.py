@@ -19,14 +19,15 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from . import pubsub, registry
-from .backend import ArgumentsNotStorable
-from .conf import mq_settings
-from .health import check_all
-from .models import TaskRecord
-from .queue import MessageTooLarge, QueueFull, QueueUnavailable
-from .status import collect_status
-from .storable import unstorable
+from tasks.channel import publish as pubsub
+from tasks import registry
+from tasks.queue.backend import ArgumentsNotStorable
+from tasks.conf import mq_settings
+from tasks.web.health import check_all
+from tasks.models import TaskRecord
+from tasks.queue.reliable import MessageTooLarge, QueueFull, QueueUnavailable
+from tasks.web.status import collect_status
+from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 
-from .conf import mq_settings
+from tasks.conf import mq_settings
 
 _seen = {}
 _configured = []

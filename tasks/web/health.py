@@ -11,8 +11,8 @@ import time
 from django.db import DatabaseError, connections, router
 from redis.exceptions import RedisError
 
-from .connection import get_redis
-from .models import TaskRecord
+from tasks.queue.connection import get_redis
+from tasks.models import TaskRecord
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .conf import mq_settings
-from .connection import redis_url
+from tasks.conf import mq_settings
+from tasks.queue.connection import redis_url
 
 PING_TOKEN = b"mq-listener-ping"
 

@@ -9,7 +9,7 @@ import json
 import time
 from datetime import datetime, timezone
 
-from . import keys
+from tasks.queue import keys
 
 KINDS = {
     "worker": (keys.WORKERS, keys.worker_info),

@@ -23,24 +23,25 @@ from functools import partial
 from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
 
-from . import presence, registry
-from .backend import context_result, new_task_id, to_json
-from .batch import Ack, retry_delay
-from .compat import TaskContext
-from .conf import mq_settings
-from .connection import get_redis
-from .dbretry import retry_database
-from .envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
-from .faults import fault_point
-from .heartbeat import Heartbeat, lease_clock
-from .models import TaskStatus
-from .queue import QueueUnavailable, ReliableQueue
-from .recorder import Outcome, Recorder
-from .sdnotify import SystemdNotifier
-from .storable import printable, unstorable
-from .sweeper import sweep
-from .management.process import ForcedStop
-from .timelimit import install_time_limit_handler, time_limit
+from tasks.queue import presence
+from tasks import registry
+from tasks.queue.backend import context_result, new_task_id, to_json
+from tasks.worker.outcomes import Ack, retry_delay
+from tasks.compat import TaskContext
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.dbretry import retry_database
+from tasks.queue.envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
+from tasks.worker.faults import fault_point
+from tasks.worker.heartbeat import Heartbeat, lease_clock
+from tasks.models import TaskStatus
+from tasks.queue.reliable import QueueUnavailable, ReliableQueue
+from tasks.queue.recorder import Outcome, Recorder
+from tasks.sdnotify import SystemdNotifier
+from tasks.storable import printable, unstorable
+from tasks.worker.sweeper import sweep
+from tasks.exceptions import ForcedStop
+from tasks.worker.timelimit import install_time_limit_handler, time_limit
 
 logger = logging.getLogger(__name__)
 

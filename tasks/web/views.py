@@ -23,18 +23,18 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_safe
 from redis.exceptions import RedisError
 
-from . import pubsub
-from .conf import mq_settings
-from .forms import ProdconsForm, PubsubForm
-from .queue import QueueFull, QueueUnavailable
-from .status import collect_status, history_counts
-from .tasks import cook_dish
+from tasks.channel import publish as pubsub
+from tasks.conf import mq_settings
+from tasks.web.forms import ProdconsForm, PubsubForm
+from tasks.queue.reliable import QueueFull, QueueUnavailable
+from tasks.web.status import collect_status, history_counts
+from tasks.tasks import cook_dish
 
 logger = logging.getLogger(__name__)
 
 # A message names at most this many task ids; the admin lists the rest.
 LINKED_IDS = 10
-FAVICON = Path(__file__).resolve().parent / "static" / "tasks" / "favicon.svg"
+FAVICON = Path(__file__).resolve().parent.parent / "static" / "tasks" / "favicon.svg"
 
 # What a user needs to act on each trigger page: adding the row it writes.
 ENQUEUE_PERMISSION = "tasks.add_taskrecord"

@@ -13,8 +13,9 @@ import time
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys, scripts
-from .envelope import now_iso
+from tasks.queue import keys
+from tasks.queue import scripts
+from tasks.queue.envelope import now_iso
 
 
 class QueueUnavailable(Exception):

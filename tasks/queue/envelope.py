@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from .storable import MAX_ARGS_DEPTH, nested_deeper, printable, unstorable
+from tasks.storable import MAX_ARGS_DEPTH, nested_deeper, printable, unstorable
 
 # Ids travel into Redis keys, logs and URLs: keep them boring.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

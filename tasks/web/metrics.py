@@ -23,13 +23,13 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_safe
 from redis.exceptions import RedisError
 
-from . import presence
-from .api import ApiError, authenticate
-from .conf import mq_settings
-from .connection import get_redis
-from .queue import ReliableQueue
-from .status import channel_subscribers, history_counts, queue_names
-from .batch import DURATION_BUCKETS
+from tasks.queue import presence
+from tasks.web.api import ApiError, authenticate
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.queue.reliable import ReliableQueue
+from tasks.web.status import channel_subscribers, history_counts, queue_names
+from tasks.worker.outcomes import DURATION_BUCKETS
 
 logger = logging.getLogger(__name__)
 

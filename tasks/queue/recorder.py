@@ -16,10 +16,10 @@ from datetime import timezone as dt_timezone
 from django.db import connections, models, router, transaction
 from django.utils import timezone
 
-from .dbretry import CONNECTION_ERRORS, REFUSALS
-from .envelope import now_iso
-from .models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord, TaskStatus
-from .storable import printable
+from tasks.dbretry import CONNECTION_ERRORS, REFUSALS
+from tasks.queue.envelope import now_iso
+from tasks.models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord, TaskStatus
+from tasks.storable import printable
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,258 @@
+"""mqsite as a backend of Django's Tasks API.
+
+``enqueue`` writes the history row first; that row is the outbox. Outside a
+transaction the envelope is pushed at once, and if Redis refuses it the row
+is removed and QueueUnavailable raised, so a failed enqueue leaves nothing;
+if Redis does not answer in time (the push may still happen), the row stays
+and the sweeper delivers it.
+Inside a transaction the push waits for the commit; if Redis is down then,
+the committed row is delivered later by the sweeper.
+"""
+
+import json
+import logging
+import secrets
+import weakref
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from tasks import registry
+from tasks.compat import (
+    BaseTaskBackend,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+)
+from tasks.conf import mq_settings
+from tasks.queue.connection import get_redis
+from tasks.queue.envelope import Envelope, oversized
+from tasks.models import TaskRecord, TaskStatus
+from tasks.queue.reliable import DeliveryUncertain, MessageTooLarge, QueueUnavailable, ReliableQueue
+from tasks.queue.recorder import Recorder
+from tasks.storable import unstorable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArgumentsNotStorable", "MessageTooLarge", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
+
+
+_queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
+
+
+def queue_for(queue_name):
+    """The queue of that name on the configured server.
+
+    Cached per client: a ReliableQueue registers (hashes) its scripts, a
+    visible cost on every enqueue otherwise.
+    """
+    client = get_redis()
+    cached = (queue_name, mq_settings.queue_key(queue_name))
+    queues = _queues.setdefault(client, {})
+    if cached not in queues:
+        queues[cached] = ReliableQueue(client, *cached)
+    return queues[cached]
+
+
+class ArgumentsNotStorable(ValueError):
+    """A task's arguments hold what no database stores; nothing was enqueued."""
+
+
+def new_task_id():
+    return secrets.token_urlsafe(24)  # 32 characters
+
+
+def to_json(value):
+    """Round-trip through JSON: tuples become lists, anything else JSON cannot
+    carry raises TypeError before a row is written."""
+    if value is None or type(value) in (str, int, bool):
+        return value  # the common no-op result, without a round trip
+    return json.loads(json.dumps(value))
+
+
+class RedisTaskBackend(BaseTaskBackend):
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+
+    def validate_task(self, task):
+        super().validate_task(task)
+        registry.register(task)
+
+    def enqueue(self, task, args, kwargs):
+        return self.enqueue_many(task, [(args, kwargs)])[0]
+
+    def enqueue_many(self, task, calls):
+        """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push.
+
+        MessageTooLarge, and nothing written, if any of them is over the size
+        limit: a worker would dead-letter it unrun.
+        """
+        self.validate_task(task)
+        now = timezone.now()
+        envelopes = [
+            Envelope(
+                id=new_task_id(),
+                task=task.module_path,
+                queue=task.queue_name,
+                args=to_json(args),
+                kwargs=to_json(kwargs),
+                enqueued_at=now.isoformat(),
+            )
+            for args, kwargs in calls
+        ]
+        payloads = [envelope.encode() for envelope in envelopes]  # encoded once, for the check and the push
+        limit = mq_settings.MQ_MAX_MESSAGE_BYTES
+        for payload in payloads:
+            problem = oversized(payload, limit)
+            if problem:
+                raise MessageTooLarge(f"the message of {task.module_path} is {problem}")
+        # The worker's own check, before the row: PostgreSQL refuses NUL and
+        # lone surrogates (a DataError the API took for an outage), and a
+        # worker would dead-letter them unrun on any database.
+        problem = unstorable([[e.args, e.kwargs] for e in envelopes])
+        if problem:
+            raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
+        recorder = Recorder()
+        recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
+
+        # A def, not functools.partial: when a robust on_commit callback fails,
+        # Django 5.2 logs func.__qualname__, which a partial lacks, so the log
+        # call itself raised AttributeError out of the caller's commit.
+        def deliver():
+            self._deliver(task.queue_name, envelopes, payloads, task.run_after)
+
+        if recorder.connection.in_atomic_block:
+            # robust: a Redis outage at commit time is logged, the rows stay
+            # READY, and the sweeper delivers them once Redis is back.
+            transaction.on_commit(deliver, using=recorder.using, robust=True)
+        else:
+            try:
+                deliver()
+            except DeliveryUncertain as exc:
+                # The push may have reached a frozen Redis that will still run
+                # it: deleting the row and raising would let a task the caller
+                # was told is not queued run anyway. The row stays, as a
+                # committed outbox entry, and the sweeper delivers it if the
+                # push was lost after all.
+                logger.warning("event=enqueue_uncertain task=%s count=%d error=%r", task.module_path, len(envelopes), str(exc))
+            except QueueUnavailable:
+                recorder.delete([e.id for e in envelopes])
+                raise
+        return [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
+
+    def _deliver(self, queue_name, envelopes, payloads, run_after):
+        queue = queue_for(queue_name)
+        if run_after is not None and run_after > timezone.now():
+            for envelope in envelopes:
+                queue.schedule(envelope, run_after.timestamp())
+        else:
+            queue.push(envelopes, max_length=mq_settings.MQ_QUEUE_MAX_LENGTH, payloads=payloads)
+
+    def get_result(self, result_id):
+        try:
+            record = TaskRecord.objects.get(id=result_id)
+        except (TaskRecord.DoesNotExist, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        task = registry.get(record.task_path)
+        if task is None:
+            raise TaskResultDoesNotExist(f"{result_id} names no registered task ({record.task_path})")
+        return self._result(task, record)
+
+    def _result(self, task, record):
+        status = TaskResultStatus.FAILED if record.status == TaskStatus.DEAD else TaskResultStatus(record.status)
+        errors = [
+            TaskError(exception_class_path=e.get("exception", "builtins.Exception"), traceback=e.get("traceback", ""))
+            for e in record.errors
+        ]
+        # The Tasks API counts attempts as len(worker_ids): one entry per run.
+        failed_on = [e.get("worker", "") for e in record.errors]
+        worker_ids = (failed_on + [record.worker] * record.attempts)[: record.attempts]
+        result = TaskResult(
+            task=task,
+            id=record.id,
+            status=status,
+            enqueued_at=record.enqueued_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            last_attempted_at=record.started_at,
+            args=record.args,
+            kwargs=record.kwargs,
+            backend=record.backend,
+            errors=errors,
+            worker_ids=worker_ids,
+        )
+        object.__setattr__(result, "_return_value", record.result)
+        return result
+
+
+def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, worker_ids=()):
+    """A TaskResult for a task that has no recorded history yet."""
+    return TaskResult(
+        task=task,
+        id=envelope.id,
+        status=status,
+        enqueued_at=enqueued_at,
+        started_at=started_at,
+        finished_at=None,
+        last_attempted_at=started_at,
+        args=envelope.args,
+        kwargs=envelope.kwargs,
+        backend=backend,
+        errors=[],
+        worker_ids=list(worker_ids),
+    )
+
+
+def context_result(task, envelope, attempt, worker_id, started_at: datetime):
+    """The TaskResult a running task sees through ``context.task_result``."""
+    return envelope_result(
+        task, envelope, TaskResultStatus.RUNNING, backend=task.backend, started_at=started_at, worker_ids=[worker_id] * attempt
+    )
+
+
+REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD)
+
+
+def requeue(record):
+    """Run a FAILED or DEAD task again, under the same id (the admin's action).
+
+    The row goes back to READY with a fresh round of attempts: the worker
+    gives up on a row whose attempts already reached the limit, so keeping
+    the count would make the re-run die unrun. Its ``errors`` keep every
+    earlier attempt. ``enqueued_at`` becomes now, so the sweeper's grace
+    period covers the push that follows. Returns False, changing nothing,
+    when the row is no longer FAILED/DEAD or names no registered task; raises
+    QueueUnavailable, with the row restored, when Redis refuses the push.
+    """
+    if registry.get(record.task_path) is None:
+        return False
+    now = timezone.now()
+    in_callers_transaction = transaction.get_connection().in_atomic_block
+    with transaction.atomic():
+        rows = TaskRecord.objects.select_for_update().filter(id=record.id, status__in=REQUEUEABLE)
+        before = rows.values("status", "attempts", "enqueued_at", "started_at", "finished_at").first()
+        if before is None:
+            return False
+        rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+    envelope = Envelope(
+        id=record.id, task=record.task_path, queue=record.queue, args=record.args, kwargs=record.kwargs, enqueued_at=now.isoformat()
+    )
+
+    def push():  # a def, not a partial: see deliver() in enqueue_many
+        queue_for(record.queue).push([envelope], max_length=mq_settings.MQ_QUEUE_MAX_LENGTH)
+
+    if in_callers_transaction:
+        # As enqueue does: push once the caller commits; the sweeper covers
+        # a Redis outage at that moment.
+        transaction.on_commit(push, robust=True)
+        return True
+    try:
+        push()
+    except QueueUnavailable:
+        TaskRecord.objects.filter(id=record.id, status=TaskStatus.READY, attempts=0).update(**before)
+        raise
+    logger.info("event=requeued task_id=%s task=%s queue=%s", record.id, record.task_path, record.queue)
+    return True
