@@ -60,6 +60,11 @@ def dead_entries(client):
     return [json.loads(entry) for entry in client.lrange(keys.dead(QUEUE), 0, -1)]
 
 
+def lease_and_membership(client, worker_id):
+    """(lease held, member of the queue's worker set), each 0 or 1."""
+    return client.exists(keys.lease(QUEUE, worker_id)), client.sismember(keys.queue_workers(QUEUE), worker_id)
+
+
 def expire_lease(client, worker_id):
     """What a lease's TTL does once the worker stops renewing it."""
     client.delete(keys.lease(QUEUE, worker_id))
@@ -263,7 +268,7 @@ def test_an_expired_lease_loses_its_items_oldest_first(client, queue):
     assert queue.recover_expired() == {"w1": 3}
     assert processing(client, "w1") == []
     assert client.lrange(keys.recovered(QUEUE), 0, -1)[::-1] == payloads(1, 2, 3)
-    assert client.sismember(keys.queue_workers(QUEUE), "w1") == 0
+    assert lease_and_membership(client, "w1") == (0, 0)
     assert queue.recover_expired() == {}
 
 
@@ -295,8 +300,7 @@ def test_release_returns_untouched_items_to_be_taken_next(client, queue):
     queue.push([envelope(3)])
     assert queue.release("w1") == 2
     assert pending(client) == payloads(1, 2, 3)
-    assert client.exists(keys.lease(QUEUE, "w1")) == 0
-    assert client.sismember(keys.queue_workers(QUEUE), "w1") == 0
+    assert lease_and_membership(client, "w1") == (0, 0)
 
 
 # --- CONFIRM_HELD and the lease ----------------------------------------------------
@@ -307,8 +311,7 @@ def test_confirm_held_renews_the_lease_of_an_item_still_held(client, queue):
     [item] = taken(queue, 1)
     expire_lease(client, "w1")
     assert queue.confirm_held("w1", item, 30) is True
-    assert client.exists(keys.lease(QUEUE, "w1")) == 1
-    assert client.sismember(keys.queue_workers(QUEUE), "w1") == 1
+    assert lease_and_membership(client, "w1") == (1, 1)
 
 
 def test_confirm_held_refuses_an_item_taken_back_and_keeps_no_lease(client, queue):
@@ -317,7 +320,7 @@ def test_confirm_held_refuses_an_item_taken_back_and_keeps_no_lease(client, queu
     expire_lease(client, "w1")
     queue.recover_expired()
     assert queue.confirm_held("w1", item, 30) is False
-    assert client.exists(keys.lease(QUEUE, "w1")) == 0
+    assert lease_and_membership(client, "w1") == (0, 0)
 
 
 def test_renewing_a_lapsed_lease_fails(client, queue):
@@ -325,7 +328,7 @@ def test_renewing_a_lapsed_lease_fails(client, queue):
     assert queue.register("w1", 30, renew_only=True) is True
     expire_lease(client, "w1")
     assert queue.register("w1", 30, renew_only=True) is False
-    assert client.exists(keys.lease(QUEUE, "w1")) == 0
+    assert lease_and_membership(client, "w1")[0] == 0
 
 
 # --- PROMOTE_DUE ----------------------------------------------------------------------
