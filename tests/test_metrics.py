@@ -1,8 +1,9 @@
 """/metrics: the exposition format, figures that match what workers recorded,
 who may read it, and a scrape that survives Redis being down.
 
-The output is read back with a strict parser of the text format 0.0.4 written
-here, so a formatting slip fails a test rather than a Prometheus scrape.
+The text format 0.0.4 is read back with a strict parser written here, and
+OpenMetrics with prometheus-client's own parser, so a formatting slip fails a
+test rather than a Prometheus scrape.
 """
 
 import itertools
@@ -12,8 +13,10 @@ import re
 import pytest
 from django.core.checks import run_checks
 from django.db import OperationalError
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
-from tasks.web import metrics
+from tasks.web import metrics, status
+from tasks.web.status import QueueFigures, Snapshot
 from tasks.queue import presence
 from tasks.queue.backend import queue_for
 from tasks.models import TaskRecord, TaskStatus
@@ -122,23 +125,32 @@ def scrape(client, **extra):
 
 
 # --- rendering, without Redis or a database --------------------------------------------
-def figures(**overrides):
+def queue(stats=None, oldest_pending_age=0.0):
+    return QueueFigures("task:prodcons:queue", 4, 1, 2, 3, oldest_pending_age, stats or {})
+
+
+def snapshot(**overrides):
     base = {
-        "up": {"redis": True, "database": True},
-        "queues": {"default": {"pending": 4, "in_flight": 1, "delayed": 2, "dead": 3, "stats": {}}},
+        "queues": {"default": queue()},
         "workers": [],
         "listeners": [],
         "channels": {},
         "history": {"READY": 4, "SUCCESSFUL": 10},
     }
-    return {**base, **overrides}
+    return Snapshot(**{**base, **overrides})
+
+
+def render(snapshot, accept=""):
+    body, content_type = metrics.exposition(snapshot, accept)
+    assert content_type == CONTENT_TYPE
+    return body.decode()
 
 
 @pytest.mark.no_redis
 def test_rendered_text_is_valid_and_escapes_label_values():
     odd = 'host "a"\\b\nc'
-    text = metrics.render(
-        figures(
+    text = render(
+        snapshot(
             workers=[{"id": odd, "processed": 5}],
             listeners=[{"id": "l1", "received": 2}],
             channels={'news\n"x"': 1},
@@ -172,8 +184,7 @@ def test_histogram_turns_per_bucket_counts_cumulative():
         "duration_bucket:2.0": 1.0,  # a bound this version does not use
         "duration_sum": 3.25,
     }
-    queue = {"pending": 0, "in_flight": 0, "delayed": 0, "dead": 0, "stats": stats}
-    samples, _ = parse(metrics.render(figures(queues={"default": queue})))
+    samples, _ = parse(render(snapshot(queues={"default": queue(stats)})))
 
     buckets = {
         dict(labels)["le"]: v for (name, labels), v in samples.items() if name == "mqsite_task_duration_seconds_bucket"
@@ -196,12 +207,56 @@ def test_histogram_turns_per_bucket_counts_cumulative():
 
 
 @pytest.mark.no_redis
+def test_oldest_pending_age_is_left_out_when_the_oldest_carries_no_time():
+    samples, types = parse(
+        render(snapshot(queues={"default": queue(oldest_pending_age=42.5), "raw": queue(oldest_pending_age=None)}))
+    )
+    assert types["mqsite_queue_oldest_pending_age_seconds"] == "gauge"
+    assert value(samples, "mqsite_queue_oldest_pending_age_seconds", queue="default") == 42.5
+    assert ("mqsite_queue_oldest_pending_age_seconds", frozenset({("queue", "raw")})) not in samples
+    assert value(samples, "mqsite_queue_pending", queue="raw") == 4
+
+
+@pytest.mark.no_redis
 def test_redis_series_are_left_out_when_redis_is_down():
-    text = metrics.render({"up": {"redis": False, "database": True}, "history": {"READY": 1}})
-    samples, _ = parse(text)
+    down = Snapshot(history={"READY": 1}, redis_error=ConnectionError("refused"))
+    samples, _ = parse(render(down))
     assert names(samples) == {"mqsite_up", "mqsite_history_tasks"}
     assert value(samples, "mqsite_up", component="redis") == 0
     assert value(samples, "mqsite_up", component="database") == 1
+
+
+@pytest.mark.no_redis
+@pytest.mark.parametrize(
+    "accept, openmetrics",
+    [
+        ("", False),
+        ("text/plain", False),
+        ("text/plain;version=0.0.4;q=0.5,*/*;q=0.1", False),
+        # What Prometheus sends when it may use OpenMetrics.
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            True,
+        ),
+        ("application/openmetrics-text", True),
+    ],
+)
+def test_the_format_follows_the_accept_header(accept, openmetrics):
+    body, content_type = metrics.exposition(snapshot(queues={"default": queue({"outcome:failed": 2.0})}), accept)
+    text = body.decode()
+    assert content_type.startswith("application/openmetrics-text;" if openmetrics else CONTENT_TYPE)
+    assert text.endswith("# EOF\n") is openmetrics
+    if not openmetrics:
+        parse(text)
+        return
+    families = {family.name: family for family in openmetrics_parser.text_string_to_metric_families(text)}
+    # OpenMetrics names a counter family without _total; its samples keep it.
+    assert families["mqsite_tasks"].type == "counter"
+    failed = [s for s in families["mqsite_tasks"].samples if s.labels == {"queue": "default", "outcome": "failed"}]
+    assert [(s.name, s.value) for s in failed] == [("mqsite_tasks_total", 2.0)]
+    assert families["mqsite_task_duration_seconds"].type == "histogram"
+    assert families["mqsite_queue_oldest_pending_age_seconds"].samples[0].value == 0.0
 
 
 # --- against Redis, the database and a real worker -------------------------------------
@@ -279,6 +334,28 @@ def test_running_workers_listeners_and_subscribers(client, redis_client):
 
 
 @pytest.mark.django_db
+def test_a_scrape_that_prefers_openmetrics_gets_it(client):
+    response = client.get("/metrics", HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0;")
+    assert "Accept" in response["Vary"]
+    families = {f.name: f for f in openmetrics_parser.text_string_to_metric_families(response.content.decode())}
+    assert families["mqsite_up"].samples[0].value == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_oldest_pending_age_is_scraped_per_queue(client, redis_client):
+    add.enqueue(1, 1)
+    samples = scrape(client)
+    assert value(samples, "mqsite_queue_oldest_pending_age_seconds", queue="default") >= 0
+    assert value(samples, "mqsite_queue_oldest_pending_age_seconds", queue="slow") == 0
+    redis_client.lpush("task:prodcons:queue", "5")  # a raw payload after the task: the task is still the oldest
+    assert ("mqsite_queue_oldest_pending_age_seconds", frozenset({("queue", "default")})) in scrape(client)
+    redis_client.rpush("task:prodcons:queue", "7")  # now the oldest carries no time
+    assert ("mqsite_queue_oldest_pending_age_seconds", frozenset({("queue", "default")})) not in scrape(client)
+
+
+@pytest.mark.django_db
 def test_redis_down_still_answers_200_with_up_0(client, redis_down):
     samples = scrape(client)
     assert value(samples, "mqsite_up", component="redis") == 0
@@ -292,7 +369,7 @@ def test_database_down_still_answers_200_with_up_0(client, monkeypatch):
     def refuse():
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(metrics, "history_counts", refuse)
+    monkeypatch.setattr(status, "history_counts", refuse)
     samples = scrape(client)
     assert value(samples, "mqsite_up", component="database") == 0
     assert value(samples, "mqsite_up", component="redis") == 1

@@ -9,6 +9,7 @@ them back. This module knows Redis and nothing of the ORM or HTTP.
 
 import json
 import time
+from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -227,6 +228,27 @@ class ReliableQueue:
             pending, recovered, delayed, dead, *in_flight = pipe.execute()
         return {"key": self.key, "pending": pending + recovered, "in_flight": sum(in_flight), "delayed": delayed, "dead": dead}
 
+    def oldest_pending_age(self, now=None):
+        """Seconds the oldest waiting task has waited since it was enqueued:
+        0.0 when nothing waits, None when the oldest carries no time (a raw
+        payload from a producer that knows nothing of mqsite).
+
+        The oldest items sit at the tails (producers LPUSH, workers take from
+        the right), of the queue and of the recovered list. A retried or
+        run_after task counts from its first enqueue: its envelope keeps that time.
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lindex(self.key, -1)
+            pipe.lindex(self.recovered_key, -1)
+            tails = [item for item in pipe.execute() if item is not None]
+        if not tails:
+            return 0.0
+        times = [_enqueued_at(item) for item in tails]
+        if None in times:
+            return None
+        now = time.time() if now is None else now
+        return max(0.0, now - min(times))
+
     def dead_letters(self, start=0, stop=99):
         return [json.loads(entry) for entry in self.client.lrange(self.dead_key, start, stop)]
 
@@ -236,3 +258,14 @@ class ReliableQueue:
     def stats(self):
         return {k.decode(): float(v) for k, v in self.client.hgetall(self.stats_key).items()}
 
+
+def _enqueued_at(item):
+    """The unix time an envelope was enqueued, or None for anything else."""
+    try:
+        data = json.loads(item)
+        moment = datetime.fromisoformat(data["enqueued_at"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if moment.tzinfo is None:  # written by a producer without a zone: mqsite writes UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

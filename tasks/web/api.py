@@ -5,7 +5,6 @@ token, 405 method, 413 size, 400 content, 503 Redis. Each check runs before
 anything is written, so a refused call leaves no row and no Redis item.
 """
 
-import hmac
 import inspect
 import json
 import logging
@@ -26,6 +25,8 @@ from tasks.conf import mq_settings
 from tasks.web.health import check_all
 from tasks.models import TaskRecord
 from tasks.queue.reliable import MessageTooLarge, QueueFull, QueueUnavailable
+from tasks.web.auth import authenticate
+from tasks.web.errors import ApiError, retry_later
 from tasks.web.status import collect_status
 from tasks.storable import unstorable
 
@@ -33,18 +34,6 @@ logger = logging.getLogger(__name__)
 
 TASK_FIELDS = {"task", "args", "kwargs"}
 MESSAGE_FIELDS = {"data", "channel"}
-
-
-class ApiError(Exception):
-    def __init__(self, status, message, headers=None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-    def response(self):
-        response = JsonResponse({"error": self.message}, status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
 
 
 def api_view(methods, token=True, body=False):
@@ -72,24 +61,6 @@ def api_view(methods, token=True, body=False):
         return csrf_exempt(wrapper)
 
     return decorate
-
-
-def authenticate(request):
-    """The name of the token the request carries; ApiError 401 if none."""
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    presented = presented.strip()
-    challenge = 'Bearer realm="mqsite"'
-    if scheme.lower() != "bearer" or not presented:
-        raise ApiError(401, "authentication required: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": challenge})
-    match = None
-    # Compare with every token, without stopping early, in constant time each:
-    # the response time says nothing about how close a guess was.
-    for known, name in mq_settings.api_tokens().items():
-        if hmac.compare_digest(known.encode(), presented.encode()):
-            match = name
-    if match is None:
-        raise ApiError(401, "invalid token", {"WWW-Authenticate": f'{challenge}, error="invalid_token"'})
-    return match
 
 
 def read_json_object(request):
@@ -136,15 +107,15 @@ def _finite_float(text):
 
 
 def unavailable(request, exc):
-    logger.warning("event=api_refused path=%s error=%r", request.path, str(exc))
     if isinstance(exc, QueueFull):
         message = f"queue is full: {exc}"
     elif isinstance(exc, DatabaseError):
         message = "the database is not answering; nothing was done"
     else:
         message = "Redis is not answering; nothing was done"
-    seconds = mq_settings.MQ_RETRY_AFTER_SECONDS
-    return ApiError(503, f"{message}. Retry in {seconds} seconds.", {"Retry-After": str(seconds)}).response()
+    return retry_later(
+        request, exc, lambda seconds: ApiError(503, f"{message}. Retry in {seconds} seconds.").response(), "api_refused"
+    )
 
 
 def _reject_unknown_fields(payload, allowed):

@@ -11,7 +11,7 @@ import time
 from django.db import DatabaseError, connections, router
 from redis.exceptions import RedisError
 
-from tasks.queue.connection import get_redis
+from tasks.queue.server import Server
 from tasks.models import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def _timed(probe, name):
 
 
 def redis_health():
-    return _timed(lambda: get_redis().ping(), "Redis")
+    return _timed(lambda: Server().ping(), "Redis")
 
 
 def database_health():

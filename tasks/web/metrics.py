@@ -1,207 +1,104 @@
-"""/metrics: mqsite's figures in the Prometheus text exposition format 0.0.4.
+"""/metrics: the read model's figures for Prometheus, through prometheus-client.
 
-Everything comes from Redis and the database, never from this process's
-memory: every worker adds its outcomes and durations to a per-queue hash
-when it acknowledges (ReliableQueue.stats), so one scrape of any web process
-sees all workers on all hosts, and no web worker holds state a restart loses.
-
-``gather`` reads the figures; ``render`` turns them into text and is pure, so
-the format is tested without a server. A dependency that does not answer
-leaves its series out and sets ``mqsite_up{component=...}`` to 0: the scrape
-itself still succeeds, which is what an alert on ``mqsite_up == 0`` needs.
+The figures are read from Redis and the database on every scrape (see
+tasks/web/status.py), never counted in this process: a custom collector turns
+one snapshot into metric families on a private registry made for the scrape,
+and the library writes the format the scraper asks for (the text format
+0.0.4, or OpenMetrics when its Accept header prefers it). A dependency that
+does not answer leaves its series out and sets ``mqsite_up{component=...}``
+to 0: the scrape itself still succeeds, which is what an alert on
+``mqsite_up == 0`` needs.
 """
 
-import ipaddress
-import logging
 import math
-from bisect import insort
-from dataclasses import dataclass, field
 
-from django.db import DatabaseError
 from django.http import HttpResponse, HttpResponseForbidden
-from django.utils.cache import add_never_cache_headers
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_safe
-from redis.exceptions import RedisError
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from tasks.queue import presence
-from tasks.web.api import ApiError, authenticate
-from tasks.conf import mq_settings
-from tasks.queue.connection import get_redis
-from tasks.queue.reliable import ReliableQueue
-from tasks.web.status import channel_subscribers, history_counts, queue_names
+from tasks.web.auth import may_read_metrics
+from tasks.web.status import read_snapshot
 from tasks.worker.outcomes import DURATION_BUCKETS
 
-logger = logging.getLogger(__name__)
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Every outcome has a series from the start, so rate() works on the first task.
 OUTCOMES = ("succeeded", "retried", "failed", "dead")
-# Headers a reverse proxy adds. Behind one on the same host every request
-# arrives from 127.0.0.1, so only a request without them is really local.
-PROXY_HEADERS = (
-    "HTTP_FORWARDED",
-    "HTTP_X_FORWARDED_FOR",
-    "HTTP_X_FORWARDED_PROTO",
-    "HTTP_X_FORWARDED_HOST",
-    "HTTP_X_REAL_IP",
+QUEUE_GAUGES = (
+    ("pending", "Tasks waiting in the queue list (recovered ones included)."),
+    ("in_flight", "Tasks taken by a worker and not yet acknowledged."),
+    ("delayed", "Tasks waiting for a retry or their run_after time."),
+    ("dead", "Entries in the dead-letter list."),
 )
 
 
-# --- gathering -------------------------------------------------------------------
-def gather():
-    """Every figure /metrics shows. A part whose source is down is left out."""
-    figures = {"up": {"redis": False, "database": False}}
-    try:
-        figures.update(_redis_figures())
-        figures["up"]["redis"] = True
-    except RedisError as exc:
-        logger.warning("event=metrics_partial part=redis error=%r", str(exc))
-    try:
-        figures["history"] = history_counts()
-        figures["up"]["database"] = True
-    except DatabaseError as exc:
-        logger.warning("event=metrics_partial part=database error=%r", str(exc))
-    return figures
+class SnapshotCollector:
+    """Metric families of one read-model snapshot (prometheus-client's custom
+    collector protocol: ``collect()`` yields families)."""
 
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
 
-def _redis_figures():
-    # No retry: a hung Redis costs one socket timeout, well inside
-    # Prometheus's default 10 s scrape timeout, so the scrape reports up=0.
-    client = get_redis(retries=0)
-    queues = {}
-    for name in queue_names():
-        queue = ReliableQueue(client, name, mq_settings.queue_key(name))
-        queues[name] = {**queue.counts(), "stats": queue.stats()}
-    listeners = presence.active(client, "listener")
-    return {
-        "queues": queues,
-        "workers": presence.active(client, "worker"),
-        "listeners": listeners,
-        "channels": channel_subscribers(client, listeners),
-    }
-
-
-# --- rendering (pure) ------------------------------------------------------------
-@dataclass
-class Family:
-    name: str
-    kind: str
-    help: str
-    samples: list = field(default_factory=list)  # (suffix, labels as pairs, value)
-
-    def add(self, value, suffix="", **labels):
-        self.samples.append((suffix, tuple(labels.items()), value))
-        return self
-
-
-def render(figures):
-    """The exposition text for figures shaped like ``gather()``'s."""
-    return exposition(families(figures))
-
-
-def families(figures):
-    result = [Family("mqsite_up", "gauge", "1 if the component answered this scrape, else 0.")]
-    for component in ("redis", "database"):
-        result[0].add(int(bool(figures["up"].get(component))), component=component)
-    if "queues" in figures:
-        result += _queue_families(figures["queues"])
-        result += _process_families(figures)
-    if "history" in figures:
-        history = Family("mqsite_history_tasks", "gauge", "Task history rows in the database, by status.")
-        for status, count in figures["history"].items():
-            history.add(count, status=status)
-        result.append(history)
-    return [family for family in result if family.samples]
+    def collect(self):
+        snapshot = self.snapshot
+        up = GaugeMetricFamily("mqsite_up", "1 if the component answered this scrape, else 0.", labels=["component"])
+        up.add_metric(["redis"], int(snapshot.redis_up))
+        up.add_metric(["database"], int(snapshot.database_up))
+        yield up
+        if snapshot.redis_up:
+            yield from _queue_families(snapshot.queues)
+            yield from _process_families(snapshot)
+        if snapshot.database_up:
+            history = GaugeMetricFamily(
+                "mqsite_history_tasks", "Task history rows in the database, by status.", labels=["status"]
+            )
+            for status, count in snapshot.history.items():
+                history.add_metric([status], count)
+            yield history
 
 
 def _queue_families(queues):
     gauges = {
-        part: Family(f"mqsite_queue_{part}", "gauge", text)
-        for part, text in (
-            ("pending", "Tasks waiting in the queue list (recovered ones included)."),
-            ("in_flight", "Tasks taken by a worker and not yet acknowledged."),
-            ("delayed", "Tasks waiting for a retry or their run_after time."),
-            ("dead", "Entries in the dead-letter list."),
-        )
+        part: GaugeMetricFamily(f"mqsite_queue_{part}", text, labels=["queue"]) for part, text in QUEUE_GAUGES
     }
-    total = Family("mqsite_tasks_total", "counter", "Task runs finished, by outcome, counted by every worker.")
-    duration = Family("mqsite_task_duration_seconds", "histogram", "Wall-clock time of a task run.")
+    age = GaugeMetricFamily(
+        "mqsite_queue_oldest_pending_age_seconds",
+        "Seconds the oldest waiting task has waited since it was enqueued (0 when none waits). "
+        "Absent while the oldest is a raw payload, which carries no time.",
+        labels=["queue"],
+    )
+    total = CounterMetricFamily(
+        "mqsite_tasks", "Task runs finished, by outcome, counted by every worker.", labels=["queue", "outcome"]
+    )
+    duration = HistogramMetricFamily("mqsite_task_duration_seconds", "Wall-clock time of a task run.", labels=["queue"])
     for name, figures in queues.items():
         for part, family in gauges.items():
-            family.add(figures[part], queue=name)
-        stats = figures.get("stats", {})
-        outcomes = [*OUTCOMES, *sorted(k[8:] for k in stats if k.startswith("outcome:") and k[8:] not in OUTCOMES)]
-        for outcome in outcomes:
-            total.add(stats.get(f"outcome:{outcome}", 0), queue=name, outcome=outcome)
-        _histogram(duration, stats, queue=name)
-    return [*gauges.values(), total, duration]
+            family.add_metric([name], getattr(figures, part))
+        if figures.oldest_pending_age is not None:
+            age.add_metric([name], figures.oldest_pending_age)
+        stats = figures.stats
+        recorded = sorted(key[8:] for key in stats if key.startswith("outcome:") and key[8:] not in OUTCOMES)
+        for outcome in (*OUTCOMES, *recorded):
+            total.add_metric([name, outcome], stats.get(f"outcome:{outcome}", 0))
+        duration.add_metric([name], buckets=cumulative_buckets(stats), sum_value=stats.get("duration_sum", 0.0))
+    return [*gauges.values(), age, total, duration]
 
 
-def _histogram(family, stats, **labels):
-    """Workers store per-bucket counts; Prometheus wants them cumulative."""
-    counts = {bound: 0.0 for bound in DURATION_BUCKETS}
-    bounds = sorted(counts)
+def cumulative_buckets(stats):
+    """[(le, count)] from the per-bucket counts workers store, cumulative as
+    Prometheus wants them, ending with +Inf. A bound another version of the
+    worker wrote is kept, so no run goes uncounted."""
+    counts = dict.fromkeys([*DURATION_BUCKETS, math.inf], 0.0)
     for key, value in stats.items():
         if key.startswith("duration_bucket:"):
             bound = float(key.partition(":")[2])
-            if bound not in counts:  # written by a worker with other buckets
-                counts[bound] = 0.0
-                insort(bounds, bound)
-            counts[bound] += value
-    if bounds[-1] != math.inf:
-        bounds.append(math.inf)
-        counts[math.inf] = 0.0
-    running = 0.0
-    for bound in bounds:
+            counts[bound] = counts.get(bound, 0.0) + value
+    running, buckets = 0.0, []
+    for bound in sorted(counts):
         running += counts[bound]
-        family.add(running, "_bucket", **labels, le=_bound(bound))
-    family.add(stats.get("duration_sum", 0.0), "_sum", **labels)
-    family.add(running, "_count", **labels)
-
-
-def _process_families(figures):
-    workers = Family("mqsite_workers", "gauge", "Queue workers alive (heartbeat within three leases).")
-    processed = Family("mqsite_worker_processed_total", "counter", "Tasks run by one worker since it started.")
-    workers.add(len(figures["workers"]))
-    for worker in figures["workers"]:
-        processed.add(worker.get("processed", 0), worker=worker["id"])
-    listeners = Family("mqsite_listeners", "gauge", "Channel listeners alive (heartbeat within three leases).")
-    received = Family(
-        "mqsite_listener_received_total", "counter", "Messages received by one listener since it started."
-    )
-    listeners.add(len(figures["listeners"]))
-    for listener in figures["listeners"]:
-        received.add(listener.get("received", 0), listener=listener["id"])
-    subscribers = Family(
-        "mqsite_channel_subscribers",
-        "gauge",
-        "Subscribers of a channel as Redis counts them (PUBSUB NUMSUB), mqsite's or not.",
-    )
-    for channel, count in figures.get("channels", {}).items():
-        subscribers.add(count, channel=channel)
-    return [workers, processed, listeners, received, subscribers]
-
-
-def exposition(families):
-    lines = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        for suffix, labels, value in family.samples:
-            text = ",".join(f'{name}="{_escape_label(str(v))}"' for name, v in labels)
-            lines.append(
-                f"{family.name}{suffix}{{{text}}} {_number(value)}"
-                if text
-                else f"{family.name}{suffix} {_number(value)}"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _escape_help(text):
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(text):
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        buckets.append((_bound(bound), running))
+    return buckets
 
 
 def _bound(value):
@@ -210,55 +107,56 @@ def _bound(value):
     return "+Inf" if value == math.inf else repr(float(value))
 
 
-def _number(value):
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    # Counters come back from Redis as floats; 3 reads better than 3.0.
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
+def _process_families(snapshot):
+    workers = _presence_families(
+        snapshot.workers,
+        ("mqsite_workers", "Queue workers alive (heartbeat within three leases)."),
+        ("mqsite_worker_processed", "Tasks run by one worker since it started.", "worker", "processed"),
+    )
+    listeners = _presence_families(
+        snapshot.listeners,
+        ("mqsite_listeners", "Channel listeners alive (heartbeat within three leases)."),
+        ("mqsite_listener_received", "Messages received by one listener since it started.", "listener", "received"),
+    )
+    subscribers = GaugeMetricFamily(
+        "mqsite_channel_subscribers",
+        "Subscribers of a channel as Redis counts them (PUBSUB NUMSUB), mqsite's or not.",
+        labels=["channel"],
+    )
+    for channel, count in snapshot.channels.items():
+        subscribers.add_metric([channel], count)
+    return [*workers, *listeners, subscribers]
 
 
-# --- the view ----------------------------------------------------------------------
-def allowed(request):
-    """A direct request from an allowed network, or one with an API token."""
-    if _from_allowed_network(request):
-        return True
-    try:
-        authenticate(request)
-    except ApiError:
-        return False
-    return True
+def _presence_families(members, alive, counter):
+    """How many processes of a kind are alive, and one counter of each."""
+    name, text = alive
+    count = GaugeMetricFamily(name, text)
+    count.add_metric([], len(members))
+    name, text, label, figure = counter
+    per_member = CounterMetricFamily(name, text, labels=[label])
+    for member in members:
+        per_member.add_metric([member["id"]], member.get(figure, 0))
+    return [count, per_member]
 
 
-def _from_allowed_network(request):
-    if any(request.META.get(header) for header in PROXY_HEADERS):
-        return False
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        return False
-    if getattr(address, "ipv4_mapped", None):  # ::ffff:127.0.0.1 on a dual-stack socket
-        address = address.ipv4_mapped
-    for entry in mq_settings.MQ_METRICS_ALLOW:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except (TypeError, ValueError):
-            continue  # reported by `manage.py check`; never widens access
-    return False
+def exposition(snapshot, accept=""):
+    """(body, content type) of a snapshot, in the format ``accept`` prefers."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type
 
 
 @require_safe
 def metrics(request):
-    if not allowed(request):
+    if not may_read_metrics(request):
         return HttpResponseForbidden(
             "/metrics is readable from MQ_METRICS_ALLOW networks or with 'Authorization: Bearer <API token>'.\n",
             content_type="text/plain; charset=utf-8",
         )
-    response = HttpResponse(render(gather()), content_type=CONTENT_TYPE)
+    body, content_type = exposition(read_snapshot(), request.headers.get("Accept", ""))
+    response = HttpResponse(body, content_type=content_type)
+    patch_vary_headers(response, ["Accept"])
     add_never_cache_headers(response)
     return response

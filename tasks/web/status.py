@@ -1,14 +1,134 @@
-"""Figures about queues, workers, listeners and history, for queue_status,
-the index page and /api/stats."""
+"""The one read model: every figure that `/`, `/api/stats`, `queue_status`
+and `/metrics` show, read in one place.
 
+Figures live in Redis and the database, never in this process's memory:
+every worker adds its outcomes and durations to a per-queue hash when it
+acknowledges, so one read from any web process on any host sees all of them,
+and no web process holds state a restart loses.
+
+A source that does not answer leaves its part out of the snapshot and its
+error in it; each consumer decides what that means for it: the index shows
+the history alone, /api/stats and queue_status refuse, /metrics reports
+``mqsite_up 0`` for that part.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.db import DatabaseError
 from django.db.models import Count
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
-from tasks.queue import presence
-from tasks.queue.backend import queue_for
 from tasks.conf import mq_settings
-from tasks.queue.connection import get_redis
 from tasks.models import TaskRecord, TaskStatus
+from tasks.queue.backend import queue_for
+from tasks.queue.server import Server
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    key: str
+    pending: int
+    in_flight: int
+    delayed: int
+    dead: int
+    # Seconds the oldest waiting task has waited; None when it carries no time.
+    oldest_pending_age: float | None
+    # Counters summed over every worker: "outcome:<name>", "duration_bucket:<le>", "duration_sum".
+    stats: dict = field(default_factory=dict)
+
+    def as_status(self):
+        """The queue's entry in the stable JSON (DESIGN.md section 3)."""
+        return {"key": self.key, "pending": self.pending, "in_flight": self.in_flight, "delayed": self.delayed, "dead": self.dead}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every figure, read at one moment. The Redis parts are None when Redis
+    did not answer, ``history`` is None when the database did not."""
+
+    queues: dict | None = None  # name -> QueueFigures
+    workers: list | None = None
+    listeners: list | None = None
+    channels: dict | None = None  # channel -> subscribers, as Redis counts them
+    warnings: list = field(default_factory=list)
+    history: dict | None = None  # status -> task rows
+    redis_error: Exception | None = None
+    database_error: Exception | None = None
+
+    @property
+    def redis_up(self):
+        return self.redis_error is None
+
+    @property
+    def database_up(self):
+        return self.database_error is None
+
+    def raise_if_down(self, redis=True, database=True):
+        """Raise the error of a source a consumer cannot do without (Redis first,
+        as a read that needs both would have met it first)."""
+        if redis and self.redis_error is not None:
+            raise self.redis_error
+        if database and self.database_error is not None:
+            raise self.database_error
+
+    def as_status(self):
+        """The stable JSON of `queue_status --json` and /api/stats (DESIGN.md
+        section 3), with only the parts that answered."""
+        status = {}
+        if self.redis_up:
+            status.update(
+                queues={name: figures.as_status() for name, figures in self.queues.items()},
+                workers=self.workers,
+                listeners=self.listeners,
+                channels=self.channels,
+                warnings=self.warnings,
+            )
+        if self.database_up:
+            status["history"] = self.history
+        return status
+
+
+def read_snapshot(now=None):
+    """Ask Redis and the database for every figure; never raises for a source
+    that is down (see Snapshot)."""
+    now = time.time() if now is None else now
+    parts, redis_error = {}, None
+    try:
+        parts = _redis_parts(now)
+    except RedisError as exc:
+        redis_error = exc
+        logger.warning("event=figures_partial part=redis error=%r", str(exc))
+    history, database_error = None, None
+    try:
+        history = history_counts()
+    except DatabaseError as exc:
+        database_error = exc
+        logger.warning("event=figures_partial part=database error=%r", str(exc))
+    return Snapshot(**parts, history=history, redis_error=redis_error, database_error=database_error)
+
+
+def _redis_parts(now):
+    # One socket timeout at most when Redis hangs: a timeout is never retried
+    # (tasks/queue/connection.py), so a scrape still answers within
+    # Prometheus's default 10 s timeout, with mqsite_up{component="redis"} 0.
+    server = Server()
+    listeners = server.listeners()
+    return {
+        "queues": {name: _queue_figures(name, now) for name in queue_names()},
+        "workers": server.workers(),
+        "listeners": listeners,
+        "channels": server.channel_subscribers(listeners),
+        "warnings": server.warnings(),
+    }
+
+
+def _queue_figures(name, now):
+    queue = queue_for(name)
+    return QueueFigures(**queue.counts(), oldest_pending_age=queue.oldest_pending_age(now), stats=queue.stats())
 
 
 def queue_names():
@@ -29,39 +149,8 @@ def history_counts():
 
 
 def collect_status():
-    client = get_redis()
-    listeners = presence.active(client, "listener")
-    return {
-        "queues": {name: queue_for(name).counts() for name in queue_names()},
-        "workers": presence.active(client, "worker"),
-        "listeners": listeners,
-        "channels": channel_subscribers(client, listeners),
-        "history": history_counts(),
-        "warnings": redis_warnings(client),
-    }
-
-
-def channel_subscribers(client, listeners):
-    """Redis's own PUBSUB NUMSUB for the default channel and every channel a
-    listener announces: it counts every subscriber, mqsite's or not, and shows
-    a listener that is registered but not actually subscribed."""
-    names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
-    names = list(dict.fromkeys(names))
-    return {_text(name): count for name, count in client.pubsub_numsub(*names)}
-
-
-def _text(value):
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-
-
-def redis_warnings(client):
-    """Server settings that could silently drop queued tasks."""
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-    except ResponseError:  # CONFIG is disabled on some managed services
-        return []
-    # volatile-* policies evict only keys with a TTL, but worker leases have
-    # one: an evicted lease makes a live worker's tasks run a second time.
-    if policy != "noeviction":
-        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys or leases. Use noeviction."]
-    return []
+    """The stable JSON of every figure, for consumers that need both sources:
+    the error of one that is down is raised, not left out."""
+    snapshot = read_snapshot()
+    snapshot.raise_if_down()
+    return snapshot.as_status()

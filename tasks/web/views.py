@@ -7,7 +7,6 @@ not repeat it). When Redis refuses, the page says so with a 503 and
 Retry-After, and nothing was written.
 """
 
-import logging
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,16 +20,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_safe
-from redis.exceptions import RedisError
 
 from tasks.channel import publish as pubsub
 from tasks.conf import mq_settings
 from tasks.web.forms import ProdconsForm, PubsubForm
 from tasks.queue.reliable import QueueFull, QueueUnavailable
-from tasks.web.status import collect_status, history_counts
+from tasks.web.errors import retry_later
+from tasks.web.status import read_snapshot
 from tasks.tasks import cook_dish
-
-logger = logging.getLogger(__name__)
 
 # A message names at most this many task ids; the admin lists the rest.
 LINKED_IDS = 10
@@ -47,14 +44,10 @@ class HttpResponseSeeOther(HttpResponseRedirect):
 
 @require_safe
 def index(request):
-    redis_down = False
-    try:
-        status = collect_status()
-    except RedisError as exc:
-        logger.warning("event=status_unavailable error=%r", str(exc))
-        # The history lives in the database and still answers.
-        status, redis_down = {"history": history_counts()}, True
-    return render(request, "index.html", {"status": status, "redis_down": redis_down})
+    snapshot = read_snapshot()
+    # Without Redis the page still shows the history, which lives in the database.
+    snapshot.raise_if_down(redis=False)
+    return render(request, "index.html", {"status": snapshot.as_status(), "redis_down": not snapshot.redis_up})
 
 
 @require_safe
@@ -141,16 +134,16 @@ def _refuse_unless_permitted(request, permission):
 
 
 def _unavailable(request, template, context, exc):
-    logger.warning("event=page_refused path=%s error=%r", request.path, str(exc))
     if isinstance(exc, QueueFull):
         reason = "The queue is full right now."
     else:
         reason = "Redis, which carries the queues and channels, is not answering."
-    seconds = mq_settings.MQ_RETRY_AFTER_SECONDS
-    context = {**context, "unavailable": f"{reason} Nothing was sent. Please try again in {seconds} seconds."}
-    response = render(request, template, context, status=503)
-    response["Retry-After"] = str(seconds)
-    return response
+
+    def page(seconds):
+        notice = f"{reason} Nothing was sent. Please try again in {seconds} seconds."
+        return render(request, template, {**context, "unavailable": notice})
+
+    return retry_later(request, exc, page, "page_refused")
 
 
 def _enqueued_message(ids):

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
 from tasks.management.process import require_redis
-from tasks.web.status import collect_status
+from tasks.web.status import read_snapshot
 
 
 class Command(BaseCommand):
@@ -15,30 +15,35 @@ class Command(BaseCommand):
 
     def handle(self, *args, json=False, **options):
         require_redis()
+        snapshot = read_snapshot()
         try:
-            status = collect_status()
+            snapshot.raise_if_down()
         except RedisError as exc:
             raise CommandError(f"Redis does not answer: {exc}") from None
         if json:
-            self.stdout.write(_dumps(status))
+            self.stdout.write(_dumps(snapshot.as_status()))
             return
-        for name, q in status["queues"].items():
+        for name, q in snapshot.queues.items():
             self.stdout.write(
-                f"queue {name} ({q['key']}): pending={q['pending']} in_flight={q['in_flight']} "
-                f"delayed={q['delayed']} dead={q['dead']}"
+                f"queue {name} ({q.key}): pending={q.pending} in_flight={q.in_flight} "
+                f"delayed={q.delayed} dead={q.dead} oldest_pending_age={_age(q.oldest_pending_age)}"
             )
-        for w in status["workers"]:
+        for w in snapshot.workers:
             self.stdout.write(f"worker {w['id']}: queues={','.join(w['queues'])} processed={w['processed']} last_seen={w['last_seen']}")
-        for listener in status["listeners"]:
+        for listener in snapshot.listeners:
             self.stdout.write(
                 f"listener {listener['id']}: channels={','.join(listener.get('channels', []))} "
                 f"received={listener.get('received', 0)} last_seen={listener['last_seen']}"
             )
-        for name, subscribers in status.get("channels", {}).items():
+        for name, subscribers in snapshot.channels.items():
             self.stdout.write(f"channel {name}: subscribers={subscribers} (PUBSUB NUMSUB)")
-        self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in status["history"].items()))
-        for warning in status.get("warnings", []):
+        self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in snapshot.history.items()))
+        for warning in snapshot.warnings:
             self.stderr.write(f"warning: {warning}")
+
+
+def _age(seconds):
+    return "unknown" if seconds is None else f"{seconds:.1f}s"
 
 
 def _dumps(value):
