@@ -56,6 +56,13 @@ class Schedule:
         so the history row's primary key lets only one of them through."""
         return f"{ID_PREFIX}:{self.name}:{tick.astimezone(dt_timezone.utc).strftime(TICK_FORMAT)}"
 
+    def tick_of(self, task_id):
+        """The tick a task id of this schedule was fired for, or None."""
+        prefix = f"{ID_PREFIX}:{self.name}:"
+        if not task_id or not task_id.startswith(prefix):
+            return None
+        return datetime.strptime(task_id[len(prefix) :], TICK_FORMAT).replace(tzinfo=dt_timezone.utc)
+
     def ticks_back(self, until, after, limit):
         """Ticks t with after < t <= until, newest first, at most ``limit``."""
         ticks = []

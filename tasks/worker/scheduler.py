@@ -38,27 +38,13 @@ def fire_due(now=None):
     schedules = valid()
     if not schedules:
         return []
-    states = sync_states(schedules, now)
+    states = ScheduleState.objects.ensure(schedules, now)
     fired = []
     for name, schedule in schedules.items():
         state = states[name]
         if not state.paused:
             fired += _fire(schedule, state.last_tick_at or now, now)
     return fired
-
-
-def sync_states(schedules, now):
-    """{name: ScheduleState} for ``schedules``, creating missing rows.
-
-    A schedule seen for the first time starts at ``now``: it fires the ticks
-    after its declaration, never the ones before it.
-    """
-    states = ScheduleState.objects.in_bulk(list(schedules))
-    missing = [name for name in schedules if name not in states]
-    if missing:
-        ScheduleState.objects.bulk_create([ScheduleState(name=name, last_tick_at=now) for name in missing], ignore_conflicts=True)
-        states = ScheduleState.objects.in_bulk(list(schedules))  # another host's row may have won
-    return states
 
 
 def due_ticks(schedule, after, now):
@@ -116,14 +102,14 @@ def _fire(schedule, after, now):
 
 
 def _count_skipped(schedule, after, newest, fired):
-    """How many due ticks were left unfired ('many' past the cap): logged so
-    an outage's effect on schedules is visible."""
+    """How many due ticks were left unfired ("<cap>+" past the cap): logged
+    so an outage's effect on schedules is visible."""
     if schedule.catch_up == "all" and fired < mq_settings.MQ_SCHEDULE_CATCH_UP_MAX:
         return 0
     cap = mq_settings.MQ_SCHEDULE_CATCH_UP_MAX
     due = len(schedule.ticks_back(newest, after, cap + 1))
     if due > cap:
-        return "many"
+        return f"{cap}+"
     return due - fired
 
 

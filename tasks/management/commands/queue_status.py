@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
 from tasks.management.process import require_redis
+from tasks.schedule_status import overview
 from tasks.web.status import collect_status
 
 
@@ -19,6 +20,9 @@ class Command(BaseCommand):
             status = collect_status()
         except RedisError as exc:
             raise CommandError(f"Redis does not answer: {exc}") from None
+        schedules = overview()  # issue 10 hook: periodic tasks, once there are any
+        if schedules:
+            status["schedules"] = schedules
         if json:
             self.stdout.write(_dumps(status))
             return
@@ -36,6 +40,8 @@ class Command(BaseCommand):
             )
         for name, subscribers in status.get("channels", {}).items():
             self.stdout.write(f"channel {name}: subscribers={subscribers} (PUBSUB NUMSUB)")
+        for s in status.get("schedules", []):  # issue 10 hook
+            self.stdout.write(f"schedule {s['name']}: task={s['task']} cron={s['cron']!r} next_run={s['next_run']} last_run={s['last_run']} paused={s['paused']}")
         self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in status["history"].items()))
         for warning in status.get("warnings", []):
             self.stderr.write(f"warning: {warning}")
