@@ -41,7 +41,10 @@ class Command(BaseCommand):
         for name, subscribers in status.get("channels", {}).items():
             self.stdout.write(f"channel {name}: subscribers={subscribers} (PUBSUB NUMSUB)")
         for s in status.get("schedules", []):  # issue 10 hook
-            self.stdout.write(f"schedule {s['name']}: task={s['task']} cron={s['cron']!r} next_run={s['next_run']} last_run={s['last_run']} paused={s['paused']}")
+            self.stdout.write(
+                f"schedule {s['name']}: task={s['task']} cron={s['cron']!r} "
+                f"next_run={s['next_run']} last_run={s['last_run']} paused={s['paused']}"
+            )
         self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in status["history"].items()))
         for warning in status.get("warnings", []):
             self.stderr.write(f"warning: {warning}")
