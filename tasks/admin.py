@@ -170,3 +170,7 @@ class TaskRecordAdmin(admin.ModelAdmin):
             self.message_user(request, f"Redis did not answer ({exc}); nothing more was purged.", messages.ERROR)
             return
         self.message_user(request, f"Purged the dead-letter list of queue(s): {', '.join(names)}.", messages.SUCCESS)
+
+
+# issue 10 hook: the Schedules page registers itself.
+from tasks import schedule_admin  # noqa: E402, F401

@@ -62,6 +62,15 @@ DEFAULTS = {
     "MQ_DEFAULT_CHANNEL": "task:pubsub:channel",
     "MQ_CHANNEL_HANDLERS": {},
     "MQ_DEFAULT_CHANNEL_HANDLER": "tasks.channel.handlers.log_message",
+    # Periodic tasks (tasks/schedules.py): {"name": {"task": path, "cron": "0 3 * * *",
+    # "args": [], "kwargs": {}, "queue": "default", "catch_up": "latest"}}.
+    "MQ_SCHEDULES": {},
+    # How often each worker looks for schedules that fell due.
+    "MQ_SCHEDULE_INTERVAL_SECONDS": 1.0,
+    # catch_up="none": a tick this late is a missed one (no worker ran then).
+    "MQ_SCHEDULE_MISFIRE_GRACE_SECONDS": 60.0,
+    # catch_up="all": at most this many missed ticks are fired after an outage.
+    "MQ_SCHEDULE_CATCH_UP_MAX": 1000,
     # Test-only fault injection (see tasks/faults.py); never set in production.
     "MQ_FAULT": "",
 }

@@ -112,3 +112,8 @@ class ReceivedMessage(models.Model):
 
     def __str__(self):
         return f"{self.listener} <- {self.channel} @ {self.received_at:%Y-%m-%d %H:%M:%S}"
+
+
+# Periodic tasks' state lives in its own module; imported here so Django
+# finds the model with the app's others.
+from tasks.schedule_models import ScheduleState  # noqa: E402, F401

@@ -64,23 +64,46 @@ class Recorder:
     def insert_enqueued(self, envelopes, backend_alias, now, run_after=None):
         """The rows of newly enqueued tasks (READY): one statement, no ORM
         objects, as this is on every producer's path."""
-        json_param = self._json_param()
-        sql = (
-            f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
-            f"enqueued_at, run_after, error, errors) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
-            f"%s, %s, '', {json_param})"
-        )
-        enqueued_at, due = self._dt(now), self._dt(run_after) if run_after else None
-        rows = [
-            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]")
-            for e in envelopes
-        ]
+        sql = self._insert_sql()
+        rows = self._enqueued_rows(envelopes, backend_alias, now, run_after)
         with self.connection.cursor() as cursor:
             if len(rows) == 1:
                 cursor.execute(sql, rows[0])
             else:
                 with transaction.atomic(using=self.using):
                     cursor.executemany(sql, rows)
+
+    def _insert_sql(self):
+        json_param = self._json_param()
+        return (
+            f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
+            f"enqueued_at, run_after, error, errors) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
+            f"%s, %s, '', {json_param})"
+        )
+
+    def _enqueued_rows(self, envelopes, backend_alias, now, run_after):
+        enqueued_at, due = self._dt(now), self._dt(run_after) if run_after else None
+        return [
+            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]")
+            for e in envelopes
+        ]
+
+    def insert_enqueued_once(self, envelopes, backend_alias, now, run_after=None):
+        """insert_enqueued for ids chosen by the caller: a row whose id exists
+        already is left alone, not an error. Returns the ids it inserted.
+
+        ON CONFLICT DO NOTHING (SQLite and PostgreSQL alike): a second
+        inserter of the same id waits for the first one's transaction and
+        then inserts nothing, so exactly one caller learns it owns the id.
+        """
+        sql = self._insert_sql() + " ON CONFLICT (id) DO NOTHING"
+        inserted = []
+        with self.connection.cursor() as cursor:
+            for envelope, row in zip(envelopes, self._enqueued_rows(envelopes, backend_alias, now, run_after)):
+                cursor.execute(sql, row)
+                if cursor.rowcount == 1:
+                    inserted.append(envelope.id)
+        return inserted
 
     def delete(self, ids):
         TaskRecord.objects.using(self.using).filter(id__in=ids).delete()

@@ -24,6 +24,7 @@ from tasks.conf import mq_settings
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.backend import queue_for
 from tasks.queue.server import Server
+from tasks.schedule_status import overview
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Snapshot:
     channels: dict | None = None  # channel -> subscribers, as Redis counts them
     warnings: list = field(default_factory=list)
     history: dict | None = None  # status -> task rows
+    schedules: list = field(default_factory=list)  # periodic tasks, from the database
     redis_error: Exception | None = None
     database_error: Exception | None = None
 
@@ -89,6 +91,8 @@ class Snapshot:
             )
         if self.database_up:
             status["history"] = self.history
+            if self.schedules:  # the key appears once schedules exist
+                status["schedules"] = self.schedules
         return status
 
 
@@ -102,13 +106,14 @@ def read_snapshot(now=None):
     except RedisError as exc:
         redis_error = exc
         logger.warning("event=figures_partial part=redis error=%r", str(exc))
-    history, database_error = None, None
+    history, schedules, database_error = None, [], None
     try:
         history = history_counts()
+        schedules = overview()
     except DatabaseError as exc:
         database_error = exc
         logger.warning("event=figures_partial part=database error=%r", str(exc))
-    return Snapshot(**parts, history=history, redis_error=redis_error, database_error=database_error)
+    return Snapshot(**parts, history=history, schedules=schedules, redis_error=redis_error, database_error=database_error)
 
 
 def _redis_parts(now):

@@ -40,6 +40,7 @@ from tasks.queue.recorder import Outcome, Recorder
 from tasks.sdnotify import SystemdNotifier
 from tasks.storable import printable, unstorable
 from tasks.worker.sweeper import sweep
+from tasks.worker.scheduler import ScheduleChore  # issue 10 hook
 from tasks.exceptions import ForcedStop
 from tasks.worker.timelimit import install_time_limit_handler, time_limit
 
@@ -73,6 +74,7 @@ class Worker:
         self._batch_options = {}
         self._epoch = 0  # the heartbeat's epoch when the batch in hand was taken
         self.heartbeat = Heartbeat(self)
+        self.schedules = ScheduleChore()  # issue 10 hook: periodic tasks
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -167,6 +169,8 @@ class Worker:
                     mq_settings.MQ_SWEEP_GRACE_SECONDS,
                     interval,
                 )
+        # issue 10 hook: fire the periodic tasks that fell due (tasks/worker/scheduler.py).
+        self.schedules.maybe_run(now, self._db)
 
     def _take(self):
         """(queue, items) to process; None when a burst run is done."""

@@ -37,6 +37,11 @@ class Command(BaseCommand):
             )
         for name, subscribers in snapshot.channels.items():
             self.stdout.write(f"channel {name}: subscribers={subscribers} (PUBSUB NUMSUB)")
+        for s in snapshot.schedules:
+            self.stdout.write(
+                f"schedule {s['name']}: task={s['task']} cron={s['cron']!r} "
+                f"next_run={s['next_run']} last_run={s['last_run']} paused={s['paused']}"
+            )
         self.stdout.write("history " + " ".join(f"{k}={v}" for k, v in snapshot.history.items()))
         for warning in snapshot.warnings:
             self.stderr.write(f"warning: {warning}")
