@@ -259,3 +259,19 @@ def test_queue_status_lists_schedules_in_its_json():
     out = StringIO()
     call_command("queue_status", "--json", stdout=out)
     assert "schedules" not in json.loads(out.getvalue())
+
+
+def test_the_index_shows_the_next_firings_soonest_first_and_paused_last(client):
+    spec = {
+        "nightly": {"task": "tasks.tasks.noop", "cron": "0 3 * * *"},
+        "minutely": {"task": "tasks.tasks.noop", "cron": "* * * * *"},
+        "stopped": {"task": "tasks.tasks.noop", "cron": "* * * * * *"},
+    }
+    ScheduleState.objects.create(name="stopped", paused=True)
+    with override_settings(MQ_SCHEDULES=spec):
+        body = client.get("/").content.decode()
+        stats = client.get("/api/stats", HTTP_AUTHORIZATION="Bearer test-token").json()
+    section = body[body.index('id="schedules"') :]
+    assert section.index("minutely") < section.index("nightly") < section.index("stopped")
+    assert "paused" in section[section.index("stopped") :]
+    assert {s["name"] for s in stats["schedules"]} == set(spec)

@@ -96,6 +96,11 @@ class Snapshot:
         return status
 
 
+def next_firings(schedules, count=5):
+    """The dashboard's few schedules that fire soonest; paused ones last."""
+    return sorted(schedules, key=lambda s: (s["paused"] or s["next_run"] is None, s["next_run"] or ""))[:count]
+
+
 def read_snapshot(now=None):
     """Ask Redis and the database for every figure; never raises for a source
     that is down (see Snapshot)."""

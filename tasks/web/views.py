@@ -26,7 +26,7 @@ from tasks.conf import mq_settings
 from tasks.web.forms import ProdconsForm, PubsubForm
 from tasks.queue.reliable import QueueFull, QueueUnavailable
 from tasks.web.errors import retry_later
-from tasks.web.status import read_snapshot
+from tasks.web.status import next_firings, read_snapshot
 from tasks.tasks import cook_dish
 
 # A message names at most this many task ids; the admin lists the rest.
@@ -47,7 +47,8 @@ def index(request):
     snapshot = read_snapshot()
     # Without Redis the page still shows the history, which lives in the database.
     snapshot.raise_if_down(redis=False)
-    return render(request, "index.html", {"status": snapshot.as_status(), "redis_down": not snapshot.redis_up})
+    context = {"status": snapshot.as_status(), "redis_down": not snapshot.redis_up, "next_firings": next_firings(snapshot.schedules)}
+    return render(request, "index.html", context)
 
 
 @require_safe

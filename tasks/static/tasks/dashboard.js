@@ -38,6 +38,12 @@
     return Object.keys(object || {}).map(function (key) { return [key, object[key]]; });
   }
 
+  // Soonest first, paused last, five at most: as the server renders them.
+  function nextFirings(schedules) {
+    function key(s) { return (s.paused || !s.next_run ? "1" : "0") + (s.next_run || ""); }
+    return schedules.slice().sort(function (a, b) { return key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0; }).slice(0, 5);
+  }
+
   function render(status) {
     fill("queues", entries(status.queues).map(function (e) {
       var q = e[1];
@@ -50,6 +56,9 @@
       return [l.id, (l.channels || []).join(", "), l.received, l.last_seen];
     }), ["", "", "num", ""], "none running: start manage.py listen_channel");
     fill("channels", entries(status.channels), ["", "num"], "unknown");
+    fill("schedules", nextFirings(status.schedules || []).map(function (s) {
+      return [s.name, s.task, s.cron, s.paused ? "paused" : s.next_run, s.last_run];
+    }), ["", "", "", "", ""], "no schedules");
     fill("history", entries(status.history), ["", "num"], "");
     var warnings = document.getElementById("warnings");
     warnings.textContent = "";
