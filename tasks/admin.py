@@ -172,5 +172,5 @@ class TaskRecordAdmin(admin.ModelAdmin):
         self.message_user(request, f"Purged the dead-letter list of queue(s): {', '.join(names)}.", messages.SUCCESS)
 
 
-# issue 10 hook: the Schedules page registers itself.
-from tasks import schedule_admin  # noqa: E402, F401
+# The Schedules page registers itself.
+from tasks.schedules import admin as schedules_admin  # noqa: E402, F401  the Schedules page

@@ -7,6 +7,6 @@ class TasksConfig(AppConfig):
 
     def ready(self):
         from . import checks, registry  # noqa: F401  (checks register themselves)
-        from . import schedule_checks  # noqa: F401  issue 10 hook: periodic tasks' checks
+        from tasks.schedules import checks as schedule_checks  # noqa: F401
 
         registry.autodiscover()

@@ -116,4 +116,4 @@ class ReceivedMessage(models.Model):
 
 # Periodic tasks' state lives in its own module; imported here so Django
 # finds the model with the app's others.
-from tasks.schedule_models import ScheduleState  # noqa: E402, F401
+from tasks.schedules.models import ScheduleState  # noqa: E402, F401

@@ -10,7 +10,7 @@ from datetime import timezone as dt_timezone
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tasks.schedule_models import ScheduleState
+from tasks.schedules.models import ScheduleState
 from tests.processes import manage, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

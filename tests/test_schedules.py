@@ -18,7 +18,7 @@ from django.test import override_settings
 from tasks import schedules
 from tasks.models import TaskRecord
 from tasks.queue.envelope import ID_PATTERN
-from tasks.schedule_models import ScheduleState
+from tasks.schedules.models import ScheduleState
 from tasks.schedules import Schedule, cron
 from tasks.worker.scheduler import fire_due
 

@@ -24,7 +24,7 @@ from tasks.conf import mq_settings
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.backend import queue_for
 from tasks.queue.server import Server
-from tasks.schedule_status import overview
+from tasks.schedules.status import overview
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from tasks.compat import InvalidTaskError
 from tasks.conf import mq_settings
 from tasks.queue.backend import ArgumentsNotStorable, MessageTooLarge
 from tasks.queue.enqueue_once import enqueue_once
-from tasks.schedule_models import ScheduleState
+from tasks.schedules.models import ScheduleState
 from tasks.schedules import valid
 
 logger = logging.getLogger(__name__)

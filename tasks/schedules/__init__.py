@@ -15,7 +15,7 @@ the spring-forward day and once (not twice) on the fall-back day. A sixth,
 leading field gives seconds ("*/10 * * * * *": every ten seconds).
 
 This module knows no database: the firing, and the state it keeps, live in
-tasks.worker.scheduler and tasks.schedule_models.
+tasks.worker.scheduler and tasks.schedules.models.
 """
 
 import re

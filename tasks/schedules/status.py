@@ -6,7 +6,7 @@ page do), so a schedule no worker has seen yet shows no last run.
 
 from django.utils import timezone
 
-from tasks.schedule_models import ScheduleState
+from tasks.schedules.models import ScheduleState
 from tasks.schedules import cron_problem, declared
 
 

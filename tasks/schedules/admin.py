@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.translation import ngettext
 
 from tasks.models import TaskRecord
-from tasks.schedule_models import ScheduleState
-from tasks.schedule_status import next_run
+from tasks.schedules.models import ScheduleState
+from tasks.schedules.status import next_run
 from tasks.schedules import declared
 
 
