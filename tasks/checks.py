@@ -101,11 +101,10 @@ def check_redis_eviction(app_configs, **kwargs):
     """
     from redis.exceptions import RedisError
 
-    from tasks.queue.connection import get_redis
-    from tasks.web.status import redis_warnings
+    from tasks.queue.connection import get_redis, server_warnings
 
     try:
-        found = redis_warnings(get_redis(retries=0))
+        found = server_warnings(get_redis(retries=0))
     except RedisError as exc:
         return [Info(f"Could not ask Redis for its eviction policy: {exc}", id="mqsite.I_REDIS_UNREACHABLE")]
     return [

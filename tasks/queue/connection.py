@@ -8,21 +8,16 @@ worker handles connection errors itself (see Worker.run).
 """
 
 import redis
-from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from tasks.conf import mq_settings
+from tasks.exceptions import RedisNotConfigured
 
 NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
 
 _clients = {}
-
-
-class RedisNotConfigured(ImproperlyConfigured, RedisError):
-    """MQ_REDIS_URL is empty. Also a RedisError, so that pages and /healthz
-    report Redis as unavailable instead of failing with a 500."""
 
 
 def redis_url(url=None):
@@ -59,3 +54,16 @@ def reset_clients():
     for client in _clients.values():
         client.close()
     _clients.clear()
+
+
+def server_warnings(client):
+    """Server settings that could silently drop queued tasks."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except ResponseError:  # CONFIG is disabled on some managed services
+        return []
+    # volatile-* policies evict only keys with a TTL, but worker leases have
+    # one: an evicted lease makes a live worker's tasks run a second time.
+    if policy != "noeviction":
+        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys or leases. Use noeviction."]
+    return []

@@ -27,7 +27,7 @@ from tasks.queue import presence
 from tasks.web.api import ApiError, authenticate
 from tasks.conf import mq_settings
 from tasks.queue.connection import get_redis
-from tasks.queue.reliable import ReliableQueue
+from tasks.queue.backend import queue_for
 from tasks.web.status import channel_subscribers, history_counts, queue_names
 from tasks.worker.outcomes import DURATION_BUCKETS
 
@@ -69,7 +69,7 @@ def _redis_figures():
     client = get_redis(retries=0)
     queues = {}
     for name in queue_names():
-        queue = ReliableQueue(client, name, mq_settings.queue_key(name))
+        queue = queue_for(name, client)
         queues[name] = {**queue.counts(), "stats": queue.stats()}
     listeners = presence.active(client, "listener")
     return {

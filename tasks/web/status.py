@@ -1,14 +1,12 @@
 """Figures about queues, workers, listeners and history, for queue_status,
 the index page and /api/stats."""
 
-from django.db.models import Count
-from redis.exceptions import ResponseError
-
 from tasks.queue import presence
 from tasks.queue.backend import queue_for
 from tasks.conf import mq_settings
-from tasks.queue.connection import get_redis
-from tasks.models import TaskRecord, TaskStatus
+from tasks.queue.connection import get_redis, server_warnings
+from tasks.models import TaskRecord
+from tasks.storable import as_text
 
 
 def queue_names():
@@ -22,10 +20,7 @@ def _configured_queue_names():
 
 
 def history_counts():
-    counts = dict.fromkeys(TaskStatus.values, 0)
-    for row in TaskRecord.objects.values("status").annotate(n=Count("id")).order_by():
-        counts[row["status"]] = row["n"]
-    return counts
+    return TaskRecord.objects.history_counts()
 
 
 def collect_status():
@@ -37,7 +32,7 @@ def collect_status():
         "listeners": listeners,
         "channels": channel_subscribers(client, listeners),
         "history": history_counts(),
-        "warnings": redis_warnings(client),
+        "warnings": server_warnings(client),
     }
 
 
@@ -47,21 +42,4 @@ def channel_subscribers(client, listeners):
     a listener that is registered but not actually subscribed."""
     names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
     names = list(dict.fromkeys(names))
-    return {_text(name): count for name, count in client.pubsub_numsub(*names)}
-
-
-def _text(value):
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-
-
-def redis_warnings(client):
-    """Server settings that could silently drop queued tasks."""
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-    except ResponseError:  # CONFIG is disabled on some managed services
-        return []
-    # volatile-* policies evict only keys with a TTL, but worker leases have
-    # one: an evicted lease makes a live worker's tasks run a second time.
-    if policy != "noeviction":
-        return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys or leases. Use noeviction."]
-    return []
+    return {as_text(name): count for name, count in client.pubsub_numsub(*names)}

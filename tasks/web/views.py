@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from tasks.channel import publish as pubsub
 from tasks.conf import mq_settings
 from tasks.web.forms import ProdconsForm, PubsubForm
-from tasks.queue.reliable import QueueFull, QueueUnavailable
+from tasks.exceptions import ChannelUnavailable, QueueFull, QueueUnavailable
 from tasks.web.status import collect_status, history_counts
 from tasks.tasks import cook_dish
 
@@ -109,7 +109,7 @@ def pubsub_page(request):
     publisher = f"user:{request.user.get_username()}"
     try:
         receivers = pubsub.publish(form.cleaned_data["message"], channel, publisher=publisher)
-    except QueueUnavailable as exc:
+    except ChannelUnavailable as exc:
         return _unavailable(request, "pubsub.html", context, exc)
     except ValueError as exc:  # the publisher refused it (too large); nothing was sent
         form.add_error("message", str(exc))
