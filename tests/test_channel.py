@@ -20,7 +20,7 @@ from tasks.dbretry import retry_database
 from tasks.channel.listener import Listener
 from tasks.models import PublishedMessage, ReceivedMessage
 from tasks.channel.publish import publish
-from tasks.exceptions import ChannelUnavailable, MessageTooLarge
+from tasks.exceptions import ChannelUnavailable, DatabaseGaveUp, MessageTooLarge
 from tasks.web.status import collect_status
 from tests.processes import manage, run_manage, stop, wait_for
 from tests.redis_server import free_port
