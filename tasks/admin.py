@@ -6,15 +6,15 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django.utils.translation import ngettext
-from redis.exceptions import RedisError
 
-from tasks.queue.backend import REQUEUEABLE, queue_for, requeue
-from tasks.models import PublishedMessage, ReceivedMessage, TaskRecord
-from tasks.queue.reliable import QueueUnavailable
+from tasks.exceptions import QueueUnavailable
+from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord
+from tasks.queue.backend import purge_dead_letters, requeue
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """History is written by the system; the admin only browses (and prunes) it."""
+    """History is written by the system; the admin only browses it (and
+    prunes what may go: each admin below says what)."""
 
     def has_add_permission(self, request):
         return False
@@ -82,7 +82,7 @@ def _pretty_json(value):
 
 
 @admin.register(TaskRecord)
-class TaskRecordAdmin(admin.ModelAdmin):
+class TaskRecordAdmin(ReadOnlyAdmin):
     list_display = ["id", "task_path", "queue", "status", "attempts", "worker", "enqueued_at", "finished_at"]
     list_filter = ["status", "queue", "task_path"]
     search_fields = ["id", "task_path", "error"]
@@ -95,12 +95,6 @@ class TaskRecordAdmin(admin.ModelAdmin):
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
     ]
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         # Deleting an open row would let the sweeper lose track of its task.
@@ -164,9 +158,8 @@ class TaskRecordAdmin(admin.ModelAdmin):
     def purge_dead_letters(self, request, queryset):
         names = sorted(set(queryset.values_list("queue", flat=True)))
         try:
-            for name in names:
-                queue_for(name).purge_dead()
-        except RedisError as exc:
+            purge_dead_letters(names)
+        except QueueUnavailable as exc:
             self.message_user(request, f"Redis did not answer ({exc}); nothing more was purged.", messages.ERROR)
             return
         self.message_user(request, f"Purged the dead-letter list of queue(s): {', '.join(names)}.", messages.SUCCESS)

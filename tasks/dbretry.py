@@ -14,6 +14,8 @@ import time
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
+from tasks.exceptions import DatabaseGaveUp
+
 logger = logging.getLogger(__name__)
 
 # A lost or unusable connection: retried until the database is back.
@@ -29,10 +31,6 @@ REFUSALS = (DatabaseError, UnicodeEncodeError)
 MAX_DELAY = 5.0
 # Sleep in slices so a stop request is noticed promptly.
 SLICE = 0.25
-
-
-class DatabaseGaveUp(Exception):
-    """The database stayed down and the caller asked to stop meanwhile."""
 
 
 def retry_database(fn, *args, owner, notifier=None, give_up=None, sleep=time.sleep):

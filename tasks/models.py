@@ -1,9 +1,15 @@
 """History: what was asked of the workers and what came of it.
 
-Models know nothing of Redis; workers write here through tasks/recorder.py.
+Models know nothing of Redis. Every query and state change of task rows is
+a method of TaskRecordQuerySet, so each rule about a row's life (a finished
+row is never reopened by a sweep, a requeue starts a fresh round of
+attempts) is written once. Only the worker's hot path (claim, finish) keeps
+its raw SQL, in tasks/queue/recorder.py.
 """
 
-from django.db import models
+from django.db import connections, models, router, transaction
+
+from tasks.compat import TaskError, TaskResult, TaskResultStatus
 
 
 class TaskStatus(models.TextChoices):
@@ -20,8 +26,121 @@ FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD)
 OPEN_STATUSES = (TaskStatus.READY, TaskStatus.RUNNING)
 
 
+REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD)
+# What a requeue resets, and an undone one puts back.
+REQUEUE_FIELDS = ("status", "attempts", "enqueued_at", "started_at", "finished_at")
+
+
+class TaskRecordQuerySet(models.QuerySet):
+    def open(self):
+        return self.filter(status__in=OPEN_STATUSES)
+
+    def history_counts(self):
+        """{status: rows}, every status present, for the figures."""
+        counts = dict.fromkeys(TaskStatus.values, 0)
+        for row in self.values("status").annotate(n=models.Count("id")).order_by():
+            counts[row["status"]] = row["n"]
+        return counts
+
+    def database_answers(self):
+        """Ask the database the rows live in for a trivial answer (health)."""
+        with connections[self.db or router.db_for_read(self.model)].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+
+    # --- the outbox sweeper ------------------------------------------------
+    def open_page_after(self, queue_name, cutoff, now, cursor, limit):
+        """The next ``limit`` open rows of a queue enqueued before ``cutoff``
+        and due by ``now``, in (enqueued_at, id) order after ``cursor`` (an
+        (enqueued_at, id) pair, or None for the oldest).
+
+        Only what tells a lost row: the full rows are read for the few resent."""
+        rows = self.open().filter(queue=queue_name, enqueued_at__lt=cutoff).exclude(run_after__gt=now)
+        if cursor is not None:
+            at, task_id = cursor
+            # (enqueued_at, id) > cursor, written so that the index on enqueued_at bounds the scan.
+            rows = rows.filter(enqueued_at__gte=at).exclude(enqueued_at=at, id__lte=task_id)
+        return list(rows.order_by("enqueued_at", "id").values("id", "enqueued_at", "status", "worker")[:limit])
+
+    def open_calls(self, ids):
+        """What a resend needs of those rows still open, oldest first."""
+        rows = self.open().filter(id__in=ids).order_by("enqueued_at", "id")
+        return rows.values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts")
+
+    def give_up(self, ids, reason, now, **fields):
+        """End the open rows among ``ids`` DEAD with ``reason``; finished rows stay."""
+        return self.open().filter(id__in=ids).update(status=TaskStatus.DEAD, finished_at=now, error=reason, **fields)
+
+    # --- workers -----------------------------------------------------------
+    def unclaim(self, ids, worker_id):
+        """Undo the claim of tasks a worker did not get to run: it is stopping,
+        or was stalled and lost them. The attempt it counted goes in any case;
+        the row goes back to READY only if no other worker claimed it since."""
+        mine = models.Q(status=TaskStatus.RUNNING, worker=worker_id)
+        return self.filter(id__in=ids).update(
+            attempts=models.F("attempts") - 1,
+            status=models.Case(models.When(mine, then=models.Value(TaskStatus.READY)), default=models.F("status")),
+        )
+
+    def reopen_running(self, worker_id):
+        """A worker's RUNNING rows go back to READY; the attempts stay counted."""
+        return self.filter(worker=worker_id, status=TaskStatus.RUNNING).update(status=TaskStatus.READY)
+
+    def record_failure(self, task_id, status, entry, started_at, finished_at):
+        """Add a failed attempt's ``entry`` to an open row and set its status
+        (READY when a retry follows); False if the row is gone or finished."""
+        record = self.filter(id=task_id).first()
+        if record is None or record.is_finished:
+            return False
+        record.status = status
+        record.errors = [*record.errors, entry]
+        record.error = f"{entry['exception']}\n{entry['traceback']}".strip()
+        record.started_at = started_at
+        if status in FINAL_STATUSES:
+            record.finished_at = finished_at
+        record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+        return True
+
+    def record_refusal(self, task_id, status, reason, started_at, finished_at, at):
+        """Record why the database refused an outcome, as the row's error and
+        an entry of its attempt; False if the row is gone or finished."""
+        record = self.filter(id=task_id).first()
+        if record is None or record.is_finished:
+            return False
+        entry = {"exception": "mqsite.RecordRefused", "traceback": reason, "attempt": record.attempts, "worker": record.worker, "at": at}
+        record.status, record.error, record.errors = status, reason, [*record.errors, entry]
+        record.started_at = started_at
+        record.finished_at = finished_at if status in FINAL_STATUSES else None
+        record.save(update_fields=["status", "error", "errors", "started_at", "finished_at"])
+        return True
+
+    # --- operators -----------------------------------------------------------
+    def requeue(self, task_id, now):
+        """Put a FAILED or DEAD row back to READY, for a run under the same id.
+
+        A fresh round of attempts (the worker gives up on a row whose attempts
+        already reached the limit, so keeping the count would make the re-run
+        die unrun); ``errors`` keep every earlier attempt; ``enqueued_at``
+        becomes now, so the sweeper's grace period covers the push that
+        follows. Returns the values it replaced, for ``undo_requeue``, or
+        None when the row is no longer FAILED/DEAD.
+        """
+        with transaction.atomic(using=self._db or router.db_for_write(self.model)):
+            rows = self.select_for_update().filter(id=task_id, status__in=REQUEUEABLE)
+            before = rows.values(*REQUEUE_FIELDS).first()
+            if before is not None:
+                rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+        return before
+
+    def undo_requeue(self, task_id, before):
+        """Restore a requeued row whose push failed, unless a worker took it since."""
+        return self.filter(id=task_id, status=TaskStatus.READY, attempts=0).update(**before)
+
+
 class TaskRecord(models.Model):
     """One row per task id, created at enqueue, updated by the workers."""
+
+    objects = TaskRecordQuerySet.as_manager()
 
     id = models.CharField(primary_key=True, max_length=64)
     # Not indexed: each index is rewritten on every status change, and on
@@ -54,6 +173,53 @@ class TaskRecord(models.Model):
     def is_finished(self):
         return self.status in FINAL_STATUSES
 
+    def to_task_result(self, task):
+        """This row as the Tasks API's TaskResult of ``task`` (DEAD reads FAILED)."""
+        status = TaskResultStatus.FAILED if self.status == TaskStatus.DEAD else TaskResultStatus(self.status)
+        errors = [
+            TaskError(exception_class_path=e.get("exception", "builtins.Exception"), traceback=e.get("traceback", ""))
+            for e in self.errors
+        ]
+        # The Tasks API counts attempts as len(worker_ids): one entry per run.
+        failed_on = [e.get("worker", "") for e in self.errors]
+        worker_ids = (failed_on + [self.worker] * self.attempts)[: self.attempts]
+        result = TaskResult(
+            task=task,
+            id=self.id,
+            status=status,
+            enqueued_at=self.enqueued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            last_attempted_at=self.started_at,
+            args=self.args,
+            kwargs=self.kwargs,
+            backend=self.backend,
+            errors=errors,
+            worker_ids=worker_ids,
+        )
+        object.__setattr__(result, "_return_value", self.result)
+        return result
+
+    def as_api_dict(self):
+        """The JSON of GET /api/tasks/<id> (a documented contract: DESIGN.md section 3)."""
+        return {
+            "id": self.id,
+            "task": self.task_path,
+            "queue": self.queue,
+            "status": self.status,
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "enqueued_at": _iso(self.enqueued_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+def _iso(moment):
+    return moment.isoformat() if moment else None
+
 
 class PublishedMessage(models.Model):
     """One row per broadcast, written by tasks.channel.publish.publish.
@@ -82,7 +248,7 @@ class ReceivedMessage(models.Model):
 
     ``published`` points at the PublishedMessage it came from when mqsite
     published it; messages from other publishers (``redis-cli PUBLISH``)
-    have none. See tasks/receipts.py for how the two are matched without
+    have none. See tasks/channel/receipts.py for how the two are matched without
     adding anything to the message on the wire.
     """
 

@@ -68,3 +68,9 @@ def contains_nul(value):
 def printable(text):
     """``text`` without what a database text column refuses (NUL, lone surrogates)."""
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def as_text(value):
+    """A value Redis returned, as text: bytes decoded as UTF-8 with invalid
+    bytes backslash-escaped (what arrives is shown, never refused)."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

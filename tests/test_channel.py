@@ -16,11 +16,11 @@ from django.utils import timezone
 from tasks.queue import presence
 from tasks.channel import receipts
 from tasks.queue.connection import reset_clients
-from tasks.dbretry import DatabaseGaveUp, retry_database
+from tasks.dbretry import retry_database
 from tasks.channel.listener import Listener
 from tasks.models import PublishedMessage, ReceivedMessage
-from tasks.channel.publish import MessageTooLarge, publish
-from tasks.queue.reliable import QueueUnavailable
+from tasks.channel.publish import publish
+from tasks.exceptions import ChannelUnavailable, DatabaseGaveUp, MessageTooLarge
 from tasks.web.status import collect_status
 from tests.processes import manage, run_manage, stop, wait_for
 from tests.redis_server import free_port
@@ -132,7 +132,7 @@ def test_oversized_message_is_recorded_unhandled(redis_server, redis_client, sta
     plain.close()
     wait_for(lambda: receipt_count() == 2, message="2 receipts")
     big = ReceivedMessage.objects.get(payload__startswith="boomboom")
-    assert not big.ok and big.error == "oversized: 200 bytes > limit 100; not handled"
+    assert not big.ok and big.error == "oversized: 200 bytes, over the limit of 100; not handled"
     assert "handler refused" in ReceivedMessage.objects.get(payload="boom").error
 
 
@@ -358,7 +358,7 @@ def test_publish_refused_writes_nothing(settings):
         publish("x", channel="")
     settings.MQ_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     reset_clients()
-    with pytest.raises(QueueUnavailable):
+    with pytest.raises(ChannelUnavailable):
         publish("lost")
     assert not PublishedMessage.objects.exists()
 

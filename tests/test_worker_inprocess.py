@@ -11,7 +11,7 @@ from tasks.queue import keys
 from tasks.queue.backend import new_task_id, queue_for
 from tasks.queue.envelope import BadMessage, Envelope, decode
 from tasks.models import TaskRecord, TaskStatus
-from tasks.queue.reliable import MessageTooLarge
+from tasks.exceptions import MessageTooLarge
 from tasks.queue.recorder import Recorder
 from tasks.tasks import add, always_fails, cook_dish, report_attempt
 from tasks.worker.loop import Worker

@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from tasks.conf import mq_settings
+from tasks.storable import as_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def handler_path(channel, pattern):
 
 def decode(raw):
     """(text, is_json, data) for a payload; never raises."""
-    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+    text = as_text(raw)
     try:
         return text, True, json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):

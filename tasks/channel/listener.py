@@ -29,11 +29,13 @@ from tasks.queue import presence
 from tasks.channel import receipts
 from tasks.conf import mq_settings
 from tasks.queue.connection import get_redis
-from tasks.dbretry import REFUSALS, DatabaseGaveUp, retry_database
+from tasks.dbretry import REFUSALS, retry_database
+from tasks.exceptions import DatabaseGaveUp
 from tasks.channel.handlers import ChannelMessage, decode, handler_path, load_handlers
 from tasks.models import ReceivedMessage
 from tasks.sdnotify import SystemdNotifier
-from tasks.storable import printable, unstorable
+from tasks.queue.envelope import oversized
+from tasks.storable import as_text, printable, unstorable
 from tasks.channel.subscription import Subscription, subscriber_client
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,6 @@ BACKOFF_MAX = 5.0
 # An oversized payload is not handled; the receipt keeps this much of it.
 OVERSIZED_KEEP_BYTES = 1000
 CHANNEL_MAX_LENGTH = ReceivedMessage._meta.get_field("channel").max_length
-
-
-def _str(value):
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 class Listener:
@@ -134,14 +132,15 @@ class Listener:
     def _handle(self, message):
         received_at = timezone.now()
         self.received += 1
-        channel = _str(message["channel"])
-        pattern = _str(message["pattern"]) if message["pattern"] else None
+        channel = as_text(message["channel"])
+        pattern = as_text(message["pattern"]) if message["pattern"] else None
         raw = message["data"]
         path = handler_path(channel, pattern)
         limit = mq_settings.MQ_MAX_MESSAGE_BYTES
-        if len(raw) > limit:
-            text = _str(raw[:OVERSIZED_KEEP_BYTES])
-            is_json, data, error = False, None, f"oversized: {len(raw)} bytes > limit {limit}; not handled"
+        too_large = oversized(raw, limit)
+        if too_large:
+            text = as_text(raw[:OVERSIZED_KEEP_BYTES])
+            is_json, data, error = False, None, f"{too_large}; not handled"
         else:
             text, is_json, data = decode(raw)
             error = self._call(

@@ -20,10 +20,10 @@ from redis.exceptions import RedisError
 
 from tasks.channel import receipts
 from tasks.conf import mq_settings
+from tasks.exceptions import ChannelUnavailable, MessageTooLarge
 from tasks.queue.connection import get_redis
 from tasks.queue.envelope import oversized
 from tasks.models import PublishedMessage
-from tasks.queue.reliable import MessageTooLarge, QueueUnavailable
 from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def publish(data, channel=None, publisher=""):
     """Broadcast ``data`` on ``channel``; return how many subscriptions got it.
 
     Raises ValueError for a bad channel or text the database cannot store,
-    TypeError or ValueError for data JSON cannot encode, MessageTooLarge over the size limit, and QueueUnavailable when
+    TypeError or ValueError for data JSON cannot encode, MessageTooLarge over the size limit, and ChannelUnavailable when
     Redis does not take the message. In every one of these cases nothing is
     published and no row is written.
     """
@@ -87,7 +87,7 @@ def publish(data, channel=None, publisher=""):
             # delivered, and sending it again would broadcast it twice.
             row.receivers = get_redis(retries=0).publish(channel, payload)
         except RedisError as exc:
-            raise QueueUnavailable(f"Redis did not take the message for channel {channel!r}: {exc}") from exc
+            raise ChannelUnavailable(f"Redis did not take the message for channel {channel!r}: {exc}") from exc
         row.save(update_fields=["receivers"])
         # robust: the broadcast happened; a failed link must not turn it into an error.
         transaction.on_commit(lambda: receipts.link_publish(row), robust=True)

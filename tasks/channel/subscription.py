@@ -26,13 +26,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tasks.conf import mq_settings
+from tasks.exceptions import ConnectionDead
 from tasks.queue.connection import redis_url
 
 PING_TOKEN = b"mq-listener-ping"
-
-
-class ConnectionDead(RedisError):
-    """The subscription connection stopped answering within the bound."""
 
 
 def subscriber_client(url=None):

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from tasks.exceptions import ForcedStop
-from tasks.queue.connection import RedisNotConfigured, redis_url
+from tasks.exceptions import RedisNotConfigured
+from tasks.queue.connection import redis_url
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
 

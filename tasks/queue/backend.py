@@ -19,45 +19,39 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks import registry
-from tasks.compat import (
-    BaseTaskBackend,
-    TaskError,
-    TaskResult,
-    TaskResultDoesNotExist,
-    TaskResultStatus,
-)
+from redis.exceptions import RedisError
+
+from tasks.compat import BaseTaskBackend, TaskResult, TaskResultDoesNotExist, TaskResultStatus
 from tasks.conf import mq_settings
+from tasks.exceptions import ArgumentsNotStorable, DeliveryUncertain, MessageTooLarge, QueueUnavailable
+from tasks.models import TaskRecord
 from tasks.queue.connection import get_redis
 from tasks.queue.envelope import Envelope, oversized
-from tasks.models import TaskRecord, TaskStatus
-from tasks.queue.reliable import DeliveryUncertain, MessageTooLarge, QueueUnavailable, ReliableQueue
 from tasks.queue.recorder import Recorder
+from tasks.queue.reliable import ReliableQueue
 from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArgumentsNotStorable", "MessageTooLarge", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
+__all__ = ["RedisTaskBackend", "purge_dead_letters", "queue_for", "requeue"]
 
 
 _queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
 
 
-def queue_for(queue_name):
-    """The queue of that name on the configured server.
+def queue_for(queue_name, client=None):
+    """The queue of that name, on ``client`` or the configured server: the
+    one place a ReliableQueue is made.
 
     Cached per client: a ReliableQueue registers (hashes) its scripts, a
     visible cost on every enqueue otherwise.
     """
-    client = get_redis()
+    client = client or get_redis()
     cached = (queue_name, mq_settings.queue_key(queue_name))
     queues = _queues.setdefault(client, {})
     if cached not in queues:
         queues[cached] = ReliableQueue(client, *cached)
     return queues[cached]
-
-
-class ArgumentsNotStorable(ValueError):
-    """A task's arguments hold what no database stores; nothing was enqueued."""
 
 
 def new_task_id():
@@ -159,33 +153,7 @@ class RedisTaskBackend(BaseTaskBackend):
         task = registry.get(record.task_path)
         if task is None:
             raise TaskResultDoesNotExist(f"{result_id} names no registered task ({record.task_path})")
-        return self._result(task, record)
-
-    def _result(self, task, record):
-        status = TaskResultStatus.FAILED if record.status == TaskStatus.DEAD else TaskResultStatus(record.status)
-        errors = [
-            TaskError(exception_class_path=e.get("exception", "builtins.Exception"), traceback=e.get("traceback", ""))
-            for e in record.errors
-        ]
-        # The Tasks API counts attempts as len(worker_ids): one entry per run.
-        failed_on = [e.get("worker", "") for e in record.errors]
-        worker_ids = (failed_on + [record.worker] * record.attempts)[: record.attempts]
-        result = TaskResult(
-            task=task,
-            id=record.id,
-            status=status,
-            enqueued_at=record.enqueued_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            last_attempted_at=record.started_at,
-            args=record.args,
-            kwargs=record.kwargs,
-            backend=record.backend,
-            errors=errors,
-            worker_ids=worker_ids,
-        )
-        object.__setattr__(result, "_return_value", record.result)
-        return result
+        return record.to_task_result(task)
 
 
 def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, worker_ids=()):
@@ -213,30 +181,21 @@ def context_result(task, envelope, attempt, worker_id, started_at: datetime):
     )
 
 
-REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD)
-
-
 def requeue(record):
     """Run a FAILED or DEAD task again, under the same id (the admin's action).
 
-    The row goes back to READY with a fresh round of attempts: the worker
-    gives up on a row whose attempts already reached the limit, so keeping
-    the count would make the re-run die unrun. Its ``errors`` keep every
-    earlier attempt. ``enqueued_at`` becomes now, so the sweeper's grace
-    period covers the push that follows. Returns False, changing nothing,
-    when the row is no longer FAILED/DEAD or names no registered task; raises
+    The row goes back to READY (see TaskRecordQuerySet.requeue) and its
+    envelope onto the queue. Returns False, changing nothing, when the row is
+    no longer FAILED/DEAD or names no registered task; raises
     QueueUnavailable, with the row restored, when Redis refuses the push.
     """
     if registry.get(record.task_path) is None:
         return False
     now = timezone.now()
     in_callers_transaction = transaction.get_connection().in_atomic_block
-    with transaction.atomic():
-        rows = TaskRecord.objects.select_for_update().filter(id=record.id, status__in=REQUEUEABLE)
-        before = rows.values("status", "attempts", "enqueued_at", "started_at", "finished_at").first()
-        if before is None:
-            return False
-        rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+    before = TaskRecord.objects.requeue(record.id, now)
+    if before is None:
+        return False
     envelope = Envelope(
         id=record.id, task=record.task_path, queue=record.queue, args=record.args, kwargs=record.kwargs, enqueued_at=now.isoformat()
     )
@@ -252,7 +211,18 @@ def requeue(record):
     try:
         push()
     except QueueUnavailable:
-        TaskRecord.objects.filter(id=record.id, status=TaskStatus.READY, attempts=0).update(**before)
+        TaskRecord.objects.undo_requeue(record.id, before)
         raise
     logger.info("event=requeued task_id=%s task=%s queue=%s", record.id, record.task_path, record.queue)
     return True
+
+
+def purge_dead_letters(queue_names):
+    """Empty the dead-letter lists of these queues, in order; history rows
+    stay. QueueUnavailable if Redis does not answer: the lists before the
+    failing one are purged, the rest are not."""
+    for name in queue_names:
+        try:
+            queue_for(name).purge_dead()
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis did not purge the dead letters of queue {name!r}: {exc}") from exc

@@ -8,21 +8,15 @@ worker handles connection errors itself (see Worker.run).
 """
 
 import redis
-from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tasks.conf import mq_settings
+from tasks.exceptions import RedisNotConfigured
 
 NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
 
 _clients = {}
-
-
-class RedisNotConfigured(ImproperlyConfigured, RedisError):
-    """MQ_REDIS_URL is empty. Also a RedisError, so that pages and /healthz
-    report Redis as unavailable instead of failing with a 500."""
 
 
 def redis_url(url=None):
@@ -59,3 +53,4 @@ def reset_clients():
     for client in _clients.values():
         client.close()
     _clients.clear()
+

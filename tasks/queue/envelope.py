@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from tasks.storable import MAX_ARGS_DEPTH, nested_deeper, printable, unstorable
+from tasks.storable import MAX_ARGS_DEPTH, as_text, nested_deeper, printable, unstorable
 
 # Ids travel into Redis keys, logs and URLs: keep them boring.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -59,6 +59,30 @@ class BadMessage:
     reason: str
     id: str = ""
     task: str = ""
+
+
+# How much of an oversized item its dead-letter entry keeps.
+DEAD_EXCERPT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What a dead-letter entry says of an item; scripts.DEAD_ENTRY writes it,
+    adding the worker and the time."""
+
+    reason: str
+    id: str
+    task: str
+    item: str
+
+    @classmethod
+    def of(cls, raw, reason, task_id, task_path, max_bytes):
+        # An oversized item keeps an excerpt, as TAKE_BATCH keeps of what it
+        # dead-letters unread: one that came through the blocking take was
+        # kept whole, MQ_DEAD_LETTER_MAX of them filling Redis's memory.
+        if oversized(raw, max_bytes):
+            raw = raw[:DEAD_EXCERPT_BYTES]
+        return cls(reason, task_id, task_path, as_text(raw))
 
 
 def now_iso():

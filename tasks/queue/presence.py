@@ -6,15 +6,26 @@ stops refreshing and disappears; ``active`` also prunes the index.
 """
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 
 from tasks.queue import keys
 
+# A worker's or listener's id goes into Redis keys, log lines and the
+# processing list's name; chosen by an operator (--worker-id), so checked.
+MEMBER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MEMBER_ID_RULE = "letters, digits and _.:- (at most 64)"
+
 KINDS = {
     "worker": (keys.WORKERS, keys.worker_info),
     "listener": (keys.LISTENERS, keys.listener_info),
 }
+
+
+def valid_id(member_id):
+    """Whether ``member_id`` may name a worker or listener (see MEMBER_ID)."""
+    return bool(MEMBER_ID.match(member_id))
 
 
 def announce(client, kind, member_id, info, ttl_seconds):

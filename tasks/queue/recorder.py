@@ -1,6 +1,8 @@
 """Writes what workers did into the history table, a batch at a time.
 
-The worker hands outcomes here and never touches the ORM itself. Claiming a
+The worker hands outcomes here and never touches the ORM itself. The hot
+path (enqueue's insert, claim, finish) is raw SQL here; every other change of
+a row is a TaskRecordQuerySet method, which this module calls. Claiming a
 batch is one UPDATE ... RETURNING and finishing one executemany, so a deep
 queue costs two statements per batch, not per task. Every write is guarded
 by the row's status, which is what makes a redelivered task's outcome count
@@ -13,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
-from django.db import connections, models, router, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from tasks.dbretry import CONNECTION_ERRORS, REFUSALS
 from tasks.queue.envelope import now_iso
-from tasks.models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord, TaskStatus
+from tasks.models import OPEN_STATUSES, TaskRecord, TaskStatus
 from tasks.storable import printable
 
 logger = logging.getLogger(__name__)
@@ -105,8 +107,12 @@ class Recorder:
                     inserted.append(envelope.id)
         return inserted
 
+    @property
+    def rows(self):
+        return TaskRecord.objects.using(self.using)
+
     def delete(self, ids):
-        TaskRecord.objects.using(self.using).filter(id__in=ids).delete()
+        self.rows.filter(id__in=ids).delete()
 
     def claim(self, ids, worker_id, now=None):
         """Mark open rows RUNNING and count the attempt; return {id: attempts}.
@@ -139,14 +145,8 @@ class Recorder:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def unclaim(self, ids, worker_id):
-        """Undo the claim of tasks a worker did not get to run: it is stopping,
-        or was stalled and lost them. The attempt it counted goes in any case;
-        the row goes back to READY only if no other worker claimed it since."""
-        mine = models.Q(status=TaskStatus.RUNNING, worker=worker_id)
-        TaskRecord.objects.using(self.using).filter(id__in=ids).update(
-            attempts=models.F("attempts") - 1,
-            status=models.Case(models.When(mine, then=models.Value(TaskStatus.READY)), default=models.F("status")),
-        )
+        """Undo the claim of tasks this worker did not get to run."""
+        self.rows.unclaim(ids, worker_id)
 
     def reopen_running(self, worker_id):
         """At a worker's start: its id's RUNNING rows go back to READY.
@@ -154,14 +154,12 @@ class Recorder:
         They belong to a previous life of the worker, which was killed; the
         attempt it started stays counted.
         """
-        return TaskRecord.objects.using(self.using).filter(worker=worker_id, status=TaskStatus.RUNNING).update(
-            status=TaskStatus.READY
-        )
+        return self.rows.reopen_running(worker_id)
 
     def create_missing(self, envelopes, now=None):
         """Rows for envelopes pushed by someone who wrote none (ignored if present)."""
         now = now or timezone.now()
-        TaskRecord.objects.using(self.using).bulk_create(
+        self.rows.bulk_create(
             [
                 TaskRecord(
                     id=e.id,
@@ -199,16 +197,7 @@ class Recorder:
     def _fail(self, outcomes):
         with transaction.atomic(using=self.using):
             for outcome in outcomes:
-                record = TaskRecord.objects.using(self.using).filter(id=outcome.id).first()
-                if record is None or record.status in FINAL_STATUSES:
-                    continue
-                record.status = outcome.status
-                record.errors = [*record.errors, outcome.error]
-                record.error = f"{outcome.error['exception']}\n{outcome.error['traceback']}".strip()
-                record.started_at = outcome.started_at
-                if outcome.status in FINAL_STATUSES:
-                    record.finished_at = outcome.finished_at
-                record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+                self.rows.record_failure(outcome.id, outcome.status, outcome.error, outcome.started_at, outcome.finished_at)
 
     def _unless_refused(self, write, outcomes):
         """write(outcomes); if the database refuses the batch, each outcome on
@@ -238,24 +227,11 @@ class Recorder:
     def _record_refused(self, outcome, exc):
         reason = printable(f"the outcome could not be recorded: {type(exc).__name__}: {exc}".strip())
         logger.error("event=record_refused task_id=%s status=%s error=%r", outcome.id, outcome.status, reason)
-        record = TaskRecord.objects.using(self.using).filter(id=outcome.id).first()
-        if record is None or record.status in FINAL_STATUSES:
-            return
         # A refused success is a failure; a failure keeps its course (READY
         # when a retry is on its way).
         status = TaskStatus.FAILED if outcome.status == TaskStatus.SUCCESSFUL else outcome.status
-        entry = {
-            "exception": "mqsite.RecordRefused",
-            "traceback": reason,
-            "attempt": record.attempts,
-            "worker": record.worker,
-            "at": now_iso(),
-        }
-        record.status, record.error, record.errors = status, reason, [*record.errors, entry]
-        record.started_at = outcome.started_at
-        record.finished_at = outcome.finished_at if status in FINAL_STATUSES else None
         try:
-            record.save(update_fields=["status", "error", "errors", "started_at", "finished_at"])
+            self.rows.record_refusal(outcome.id, status, reason, outcome.started_at, outcome.finished_at, now_iso())
         except CONNECTION_ERRORS:
             raise
         except REFUSALS as again:
@@ -265,7 +241,7 @@ class Recorder:
     def record_bad(self, bad_messages, queue_name, worker_id, now=None):
         """History rows for messages that could not be run at all (DEAD)."""
         now = now or timezone.now()
-        TaskRecord.objects.using(self.using).bulk_create(
+        self.rows.bulk_create(
             [
                 TaskRecord(
                     id=bad.id,
@@ -285,9 +261,7 @@ class Recorder:
         # A message for a row that exists (say, its task was removed from the
         # code since) must still end that row, or the sweeper would resend it.
         for bad in bad_messages:
-            TaskRecord.objects.using(self.using).filter(id=bad.id, status__in=OPEN_STATUSES).update(
-                status=TaskStatus.DEAD, worker=worker_id, finished_at=now, error=bad.reason
-            )
+            self.rows.give_up([bad.id], bad.reason, now, worker=worker_id)
 
 
 def _parse_time(value):

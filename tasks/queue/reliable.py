@@ -14,32 +14,10 @@ from datetime import datetime, timezone
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tasks.exceptions import DeliveryUncertain, QueueFull, QueueUnavailable
 from tasks.queue import keys
 from tasks.queue import scripts
-from tasks.queue.envelope import now_iso
-
-
-class QueueUnavailable(Exception):
-    """Redis did not accept the work; nothing was queued. Retry later."""
-
-
-class MessageTooLarge(ValueError):
-    """The message is over MQ_MAX_MESSAGE_BYTES (see envelope.oversized);
-    nothing was written or sent. Unlike QueueUnavailable, retrying cannot help."""
-
-
-class QueueFull(QueueUnavailable):
-    """The queue is at its configured maximum length."""
-
-
-class DeliveryUncertain(QueueUnavailable):
-    """Redis did not answer in time: the work may have been queued or not.
-
-    A frozen server (SIGSTOP, CLIENT PAUSE, a slow command) still runs a
-    request it received once it resumes, after the client gave up on it. So a
-    producer must not treat a timeout as "nothing was queued": the backend
-    keeps the row, and the sweeper delivers it if the push really was lost.
-    """
+from tasks.queue.envelope import DEAD_EXCERPT_BYTES, now_iso
 
 
 def _refusal(queue_name, exc):
@@ -59,6 +37,9 @@ class ReliableQueue:
         self.workers_key = keys.queue_workers(key)
         self.recovered_key = keys.recovered(key)
         self.stats_key = keys.stats(key)
+        self.sweep_lock_key = keys.sweep_lock(key)
+        self.sweep_cursor_key = keys.sweep_cursor(key)
+        self.sweep_suspects_key = keys.sweep_suspects(key)
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._take = client.register_script(scripts.TAKE_BATCH)
         self._recover = client.register_script(scripts.RECOVER)
@@ -102,7 +83,7 @@ class ReliableQueue:
         """
         items, oversized = self._take(
             keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key],
-            args=[max_items, max_bytes, now_iso()],
+            args=[max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES],
         )
         return items, [(size, task_id.decode()) for size, task_id in oversized]
 
@@ -126,14 +107,17 @@ class ReliableQueue:
         done: raw items to drop from the processing list; finished_ids leave the
         sweeper's index; retries are (raw item, next envelope, due unix time)
         for the delayed set, scheduled only if the item is still this worker's;
-        dead are dead-letter entries (dicts); stats are counter increments for
+        dead are envelope.DeadLetter entries; stats are counter increments for
         /metrics.
         """
         stats = stats or {}
         argv = [dead_max, len(done), len(finished_ids), len(retries), len(dead), len(stats), *done, *finished_ids]
         for raw, envelope, due in retries:
             argv += [raw, due, envelope.encode()]
-        argv += [json.dumps(entry) for entry in dead]
+        if dead:
+            at = now_iso()
+            for letter in dead:
+                argv += [letter.reason, letter.id, letter.task, worker_id, at, letter.item]
         for name, amount in stats.items():
             argv += [name, amount]
         self._ack(
@@ -192,6 +176,42 @@ class ReliableQueue:
             keys=[destination, keys.processing(self.key, worker_id), keys.lease(self.key, worker_id), self.workers_key],
             args=[worker_id, "1" if force else "0"],
         )
+
+    # --- the sweeper (tasks/worker/sweeper.py) -------------------------------
+    def try_sweep_lock(self, seconds):
+        """Whether this caller may sweep the queue for the next ``seconds``:
+        one sweeper at a time, and the lock lapses by itself."""
+        return bool(self.client.set(self.sweep_lock_key, "1", nx=True, px=int(seconds * 1000)))
+
+    def sweep_cursor(self):
+        """(enqueued_at, id) of the last open row a sweep went past, or None."""
+        try:
+            at, task_id = json.loads(self.client.get(self.sweep_cursor_key))
+            return datetime.fromisoformat(at), task_id
+        except (TypeError, ValueError):  # none yet (or lost with Redis's data): from the oldest
+            return None
+
+    def save_sweep_cursor(self, cursor, ttl_seconds):
+        """Remember where the next sweep goes on; None starts it from the oldest."""
+        if cursor is None:
+            self.client.delete(self.sweep_cursor_key)
+        else:
+            # The expiry is only hygiene: a lost cursor only starts the walk again.
+            self.client.set(self.sweep_cursor_key, json.dumps([cursor[0].isoformat(), cursor[1]]), px=int(ttl_seconds * 1000))
+
+    def sweep_suspects(self):
+        """{task id: unix time a sweep first found it missing from Redis}."""
+        return {k.decode(): float(v) for k, v in self.client.hgetall(self.sweep_suspects_key).items()}
+
+    def replace_sweep_suspects(self, suspects, ttl_seconds):
+        """Remember exactly these suspects, forgetting the others, in one step."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.sweep_suspects_key)
+            if suspects:
+                pipe.hset(self.sweep_suspects_key, mapping=suspects)
+                # Only hygiene: every sweep rewrites the hash, and a lost hash only delays a resend.
+                pipe.pexpire(self.sweep_suspects_key, int(ttl_seconds * 1000))
+            pipe.execute()
 
     # --- the sweeper and status -------------------------------------------
     def known_ids(self, ids):

@@ -5,6 +5,15 @@ trip where a pipeline cannot express a loop. All keys of a script belong to
 one queue and share its hash slot (see keys.py), so they run on Redis Cluster.
 """
 
+# Why: a dead letter reads the same whoever wrote it, TAKE_BATCH for an
+# oversized item it never hands out, or ACK for what a worker gave up on. The
+# one builder of the entry; the two scripts that write entries start with it.
+DEAD_ENTRY = """
+local function dead_entry(reason, id, task, worker, at, item)
+  return cjson.encode({reason = reason, id = id, task = task, worker = worker, at = at, item = item})
+end
+"""
+
 # Why: a producer's push and the sweeper's index must never disagree, and
 # "queue full" must be decided atomically with the push.
 ENQUEUE = """
@@ -28,7 +37,7 @@ return redis.call('LLEN', KEYS[1])
 # never holds them in memory; only their sizes and ids come back. An item recovered
 # from a dead worker is taken alone: if it is what killed that worker, it
 # must not take a batch of innocent tasks down with it again.
-TAKE_BATCH = """
+TAKE_BATCH = DEAD_ENTRY + """
 -- KEYS[1] = queue list
 -- KEYS[2] = this worker's processing list
 -- KEYS[3] = dead-letter list
@@ -37,6 +46,8 @@ TAKE_BATCH = """
 -- ARGV[1] = most items to take
 -- ARGV[2] = largest item in bytes
 -- ARGV[3] = ISO time, for the dead-letter entry
+-- ARGV[4] = worker id, for the dead-letter entry
+-- ARGV[5] = bytes of an oversized item the dead-letter entry keeps
 -- Returns {items, {{size, id}, ...}}: the id an oversized envelope starts
 -- with (envelope.HEAD_ID), or '', so that its own row records the outcome.
 local items, oversized = {}, {}
@@ -50,15 +61,12 @@ for i = 1, count do
   if not item then break end
   if #item > limit then
     redis.call('LPOP', KEYS[2])
-    local head = string.sub(item, 1, 1024)
+    local head = string.sub(item, 1, tonumber(ARGV[5]))
     local id = string.match(head, '^%s*{%s*"id"%s*:%s*"([A-Za-z0-9_.:%-]+)"') or ''
     if #id > 64 then id = '' end
     if id ~= '' then redis.call('SREM', KEYS[5], id) end
-    redis.call('LPUSH', KEYS[3], cjson.encode({
-      reason = 'oversized: ' .. #item .. ' bytes, over the limit of ' .. limit,
-      id = id,
-      at = ARGV[3],
-      item = head}))
+    local reason = 'oversized: ' .. #item .. ' bytes, over the limit of ' .. limit
+    redis.call('LPUSH', KEYS[3], dead_entry(reason, id, '', ARGV[4], ARGV[3], head))
     oversized[#oversized + 1] = {#item, id}
   else
     items[#items + 1] = item
@@ -75,7 +83,7 @@ return {items, oversized}
 # is scheduled only while its item is still in the list: a worker stalled
 # past its lease lost the item to the worker that took it back, whose retry
 # counts, and a second one would run the task twice.
-ACK = """
+ACK = DEAD_ENTRY + """
 -- KEYS[1] = this worker's processing list
 -- KEYS[2] = task id set (the sweeper's index)
 -- KEYS[3] = delayed sorted set
@@ -84,7 +92,8 @@ ACK = """
 -- ARGV[1] = dead-letter list's maximum length
 -- ARGV[2..6] = how many: done items, finished ids, retries, dead entries, stats
 -- then, in that order: items; ids; item + due time + envelope triples;
--- entries; field + increment pairs.
+-- dead letters as reason + id + task + worker + time + item; field +
+-- increment pairs.
 local i = 7
 local function take(count, width)
   local first = i
@@ -94,7 +103,7 @@ end
 local counts = {}
 for k = 1, 5 do counts[k] = tonumber(ARGV[k + 1]) end
 local done, ids = take(counts[1], 1), take(counts[2], 1)
-local retries, dead, stats = take(counts[3], 3), take(counts[4], 1), take(counts[5], 2)
+local retries, dead, stats = take(counts[3], 3), take(counts[4], 6), take(counts[5], 2)
 for k = 0, counts[5] - 1 do
   redis.call('HINCRBYFLOAT', KEYS[5], ARGV[stats + 2 * k], ARGV[stats + 2 * k + 1])
 end
@@ -105,7 +114,8 @@ for k = 0, counts[3] - 1 do
   end
 end
 for k = 0, counts[4] - 1 do
-  redis.call('LPUSH', KEYS[4], ARGV[dead + k])
+  local d = dead + 6 * k
+  redis.call('LPUSH', KEYS[4], dead_entry(ARGV[d], ARGV[d + 1], ARGV[d + 2], ARGV[d + 3], ARGV[d + 4], ARGV[d + 5]))
 end
 if counts[4] > 0 then
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[1]) - 1)

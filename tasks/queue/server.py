@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 from tasks.conf import mq_settings
 from tasks.queue import presence
 from tasks.queue.connection import get_redis
+from tasks.storable import as_text
 
 
 class Server:
@@ -32,7 +33,7 @@ class Server:
         shows a listener that is registered but not actually subscribed."""
         names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
         names = list(dict.fromkeys(names))
-        return {_text(name): count for name, count in self.client.pubsub_numsub(*names)}
+        return {as_text(name): count for name, count in self.client.pubsub_numsub(*names)}
 
     def warnings(self):
         return server_warnings(self.client)
@@ -49,7 +50,3 @@ def server_warnings(client):
     if policy != "noeviction":
         return [f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict queue keys or leases. Use noeviction."]
     return []
-
-
-def _text(value):
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value

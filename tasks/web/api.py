@@ -20,11 +20,10 @@ from redis.exceptions import RedisError
 
 from tasks.channel import publish as pubsub
 from tasks import registry
-from tasks.queue.backend import ArgumentsNotStorable
 from tasks.conf import mq_settings
+from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, Unavailable
 from tasks.web.health import check_all
 from tasks.models import TaskRecord
-from tasks.queue.reliable import MessageTooLarge, QueueFull, QueueUnavailable
 from tasks.web.auth import authenticate
 from tasks.web.errors import ApiError, retry_later
 from tasks.web.status import collect_status
@@ -52,7 +51,7 @@ def api_view(methods, token=True, body=False):
                 return view(request, *args, client=client, payload=payload, **kwargs)
             except ApiError as exc:
                 return exc.response()
-            except (QueueUnavailable, RedisError, DatabaseError) as exc:
+            except (Unavailable, RedisError, DatabaseError) as exc:
                 return unavailable(request, exc)
 
         # Token-authenticated and cookie-less: a browser never attaches the
@@ -171,25 +170,7 @@ def task_detail(request, task_id, client, payload):
     record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
     if record is None:
         raise ApiError(404, f"no task with id {task_id[:100]!r}")
-    return JsonResponse(
-        {
-            "id": record.id,
-            "task": record.task_path,
-            "queue": record.queue,
-            "status": record.status,
-            "attempts": record.attempts,
-            "worker": record.worker,
-            "enqueued_at": _iso(record.enqueued_at),
-            "started_at": _iso(record.started_at),
-            "finished_at": _iso(record.finished_at),
-            "result": record.result,
-            "error": record.error,
-        }
-    )
-
-
-def _iso(moment):
-    return moment.isoformat() if moment else None
+    return JsonResponse(record.as_api_dict())
 
 
 @api_view(["POST"], body=True)
@@ -200,7 +181,7 @@ def publish_message(request, client, payload):
     channel = payload.get("channel")
     try:
         receivers = pubsub.publish(payload["data"], channel, publisher=f"api:{client}")
-    except pubsub.MessageTooLarge as exc:
+    except MessageTooLarge as exc:
         raise ApiError(413, str(exc)) from None
     except (TypeError, ValueError) as exc:  # a bad channel name; nothing was published
         raise ApiError(400, str(exc)) from None

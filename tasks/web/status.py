@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError
-from django.db.models import Count
 from redis.exceptions import RedisError
 
 from tasks.conf import mq_settings
-from tasks.models import TaskRecord, TaskStatus
+from tasks.models import TaskRecord
 from tasks.queue.backend import queue_for
 from tasks.queue.server import Server
 from tasks.schedules.status import overview
@@ -152,10 +151,7 @@ def _configured_queue_names():
 
 
 def history_counts():
-    counts = dict.fromkeys(TaskStatus.values, 0)
-    for row in TaskRecord.objects.values("status").annotate(n=Count("id")).order_by():
-        counts[row["status"]] = row["n"]
-    return counts
+    return TaskRecord.objects.history_counts()
 
 
 def collect_status():

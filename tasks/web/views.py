@@ -24,7 +24,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 from tasks.channel import publish as pubsub
 from tasks.conf import mq_settings
 from tasks.web.forms import ProdconsForm, PubsubForm
-from tasks.queue.reliable import QueueFull, QueueUnavailable
+from tasks.exceptions import ChannelUnavailable, QueueFull, QueueUnavailable
 from tasks.web.errors import retry_later
 from tasks.web.status import next_firings, read_snapshot
 from tasks.tasks import cook_dish
@@ -103,7 +103,7 @@ def pubsub_page(request):
     publisher = f"user:{request.user.get_username()}"
     try:
         receivers = pubsub.publish(form.cleaned_data["message"], channel, publisher=publisher)
-    except QueueUnavailable as exc:
+    except ChannelUnavailable as exc:
         return _unavailable(request, "pubsub.html", context, exc)
     except ValueError as exc:  # the publisher refused it (too large); nothing was sent
         form.add_error("message", str(exc))

@@ -25,23 +25,22 @@ from redis.exceptions import RedisError
 
 from tasks.queue import presence
 from tasks import registry
-from tasks.queue.backend import context_result, new_task_id, to_json
+from tasks.queue.backend import context_result, new_task_id, queue_for, to_json
 from tasks.worker.outcomes import Ack, retry_delay
 from tasks.compat import TaskContext
 from tasks.conf import mq_settings
 from tasks.queue.connection import get_redis
 from tasks.dbretry import retry_database
-from tasks.queue.envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
+from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso, oversized
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import Heartbeat, lease_clock
 from tasks.models import TaskStatus
-from tasks.queue.reliable import QueueUnavailable, ReliableQueue
 from tasks.queue.recorder import Outcome, Recorder
 from tasks.sdnotify import SystemdNotifier
 from tasks.storable import printable, unstorable
 from tasks.worker.sweeper import sweep
 from tasks.worker.scheduler import ScheduleChore  # issue 10 hook
-from tasks.exceptions import ForcedStop
+from tasks.exceptions import ForcedStop, QueueUnavailable
 from tasks.worker.timelimit import install_time_limit_handler, time_limit
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class Worker:
         self.burst = burst
         self.max_tasks = max_tasks
         self.client = get_redis(retries=0)
-        self.queues = [ReliableQueue(self.client, name, mq_settings.queue_key(name)) for name in self.queue_names]
+        self.queues = [queue_for(name, self.client) for name in self.queue_names]
         self.recorder = recorder or Recorder()
         self.notifier = notifier or SystemdNotifier()
         self.stopping = False
@@ -422,13 +421,7 @@ class Worker:
         self._db(self.recorder.record_bad, messages, queue.name, self.worker_id)
 
     def _dead_entry(self, raw, reason, task_id, task_path):
-        if oversized(raw, mq_settings.MQ_MAX_MESSAGE_BYTES):
-            # An excerpt, as TAKE_BATCH keeps of what it dead-letters unread: an
-            # oversized item that came through the blocking take was kept whole,
-            # MQ_DEAD_LETTER_MAX of them filling Redis's memory.
-            raw = raw[:1024]
-        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        return {"reason": reason, "id": task_id, "task": task_path, "worker": self.worker_id, "at": now_iso(), "item": text}
+        return DeadLetter.of(raw, reason, task_id, task_path, mq_settings.MQ_MAX_MESSAGE_BYTES)
 
     def _error(self, exception, trace, attempt):
         # printable: an exception's message, even its class's module name, may

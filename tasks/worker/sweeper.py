@@ -25,19 +25,21 @@ A lost row whose message no longer fits MQ_MAX_MESSAGE_BYTES (the limit was
 lowered since) is not pushed, as no worker would run it: it ends DEAD.
 """
 
-import json
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.utils import timezone
 
-from tasks.queue import keys
 from tasks.conf import mq_settings
+from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.envelope import Envelope, oversized
-from tasks.models import OPEN_STATUSES, TaskRecord, TaskStatus
 
 logger = logging.getLogger(__name__)
+
+# Redis keeps the cursor and the suspects this many times the lock period:
+# only hygiene, as a lost one merely restarts the walk or a wait.
+KEEP_FACTOR = 10
 
 
 def sweep(queue, grace_seconds, lock_seconds, limit=1000, now=None, confirm_seconds=0.0, budget_seconds=0.2):
@@ -46,15 +48,15 @@ def sweep(queue, grace_seconds, lock_seconds, limit=1000, now=None, confirm_seco
     Reads pages of ``limit`` rows from where the last sweep stopped: one,
     and then more until ``budget_seconds`` have passed.
     """
-    if not queue.client.set(keys.sweep_lock(queue.key), "1", nx=True, px=int(lock_seconds * 1000)):
+    if not queue.try_sweep_lock(lock_seconds):
         return 0
     deadline = time.monotonic() + budget_seconds
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=grace_seconds)
-    cursor = start = _load_cursor(queue)
+    cursor = start = queue.sweep_cursor()
     resent = 0
     while True:
-        rows = _page(queue.name, cutoff, now, cursor, limit)
+        rows = TaskRecord.objects.open_page_after(queue.name, cutoff, now, cursor, limit)
         confirmed, waiting = _confirmed(queue, _missing(queue, rows), now.timestamp(), confirm_seconds, lock_seconds)
         resent += _resend(queue, [row["id"] for row in confirmed], now)
         if waiting:
@@ -66,21 +68,8 @@ def sweep(queue, grace_seconds, lock_seconds, limit=1000, now=None, confirm_seco
         if time.monotonic() >= deadline:
             break
     if cursor != start:
-        _save_cursor(queue, cursor, lock_seconds)
+        queue.save_sweep_cursor(cursor, lock_seconds * KEEP_FACTOR)
     return resent
-
-
-def _page(queue_name, cutoff, now, cursor, limit):
-    """The next ``limit`` open rows past the grace period after ``cursor``.
-
-    Only what tells a lost row: the full rows are read for the few resent."""
-    rows = TaskRecord.objects.filter(queue=queue_name, status__in=OPEN_STATUSES, enqueued_at__lt=cutoff)
-    rows = rows.exclude(run_after__gt=now)
-    if cursor is not None:
-        at, task_id = cursor
-        # (enqueued_at, id) > cursor, written so that the index on enqueued_at bounds the scan.
-        rows = rows.filter(enqueued_at__gte=at).exclude(enqueued_at=at, id__lte=task_id)
-    return list(rows.order_by("enqueued_at", "id").values("id", "enqueued_at", "status", "worker")[:limit])
 
 
 def _missing(queue, rows):
@@ -95,14 +84,9 @@ def _missing(queue, rows):
 def _resend(queue, ids, now):
     if not ids:
         return 0
-    rows = (
-        TaskRecord.objects.filter(id__in=ids, status__in=OPEN_STATUSES)
-        .order_by("enqueued_at", "id")
-        .values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts")
-    )
     lost = []
     limit = mq_settings.MQ_MAX_MESSAGE_BYTES
-    for row in rows:
+    for row in TaskRecord.objects.open_calls(ids):
         envelope = Envelope(
             id=row["id"],
             task=row["task_path"],
@@ -114,9 +98,7 @@ def _resend(queue, ids, now):
         )
         problem = oversized(envelope.encode(), limit)
         if problem:
-            TaskRecord.objects.filter(id=envelope.id, status__in=OPEN_STATUSES).update(
-                status=TaskStatus.DEAD, finished_at=now, error=problem
-            )
+            TaskRecord.objects.give_up([envelope.id], problem, now)
             logger.warning("event=sweep_oversized queue=%s task_id=%s reason=%r", queue.name, envelope.id, problem)
         else:
             lost.append(envelope)
@@ -126,41 +108,16 @@ def _resend(queue, ids, now):
     return len(lost)
 
 
-def _load_cursor(queue):
-    try:
-        at, task_id = json.loads(queue.client.get(keys.sweep_cursor(queue.key)))
-        return datetime.fromisoformat(at), task_id
-    except (TypeError, ValueError):  # none yet (or lost with Redis's data): from the oldest
-        return None
-
-
-def _save_cursor(queue, cursor, lock_seconds):
-    key = keys.sweep_cursor(queue.key)
-    if cursor is None:
-        queue.client.delete(key)
-    else:
-        # The expiry is only hygiene: a lost cursor only starts the walk again.
-        queue.client.set(key, json.dumps([cursor[0].isoformat(), cursor[1]]), px=int(lock_seconds * 10_000))
-
-
 def _confirmed(queue, missing, now, confirm_seconds, lock_seconds):
     """(confirmed, waiting): the rows of ``missing`` that an earlier sweep
     already found missing at least ``confirm_seconds`` ago, and the ids of
     the others, remembered for next time."""
     if confirm_seconds <= 0:
         return missing, {}
-    key = keys.sweep_suspects(queue.key)
-    seen = {k.decode(): float(v) for k, v in queue.client.hgetall(key).items()}
+    seen = queue.sweep_suspects()
     first_missing = {row["id"]: seen.get(row["id"], now) for row in missing}
     confirmed = [row for row in missing if now - first_missing[row["id"]] >= confirm_seconds]
     waiting = {task_id: since for task_id, since in first_missing.items() if now - since < confirm_seconds}
-    if not seen and not waiting:
-        return confirmed, waiting
-    with queue.client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        if waiting:
-            pipe.hset(key, mapping=waiting)
-            # Only hygiene: every sweep rewrites the hash, and a lost hash only delays a resend.
-            pipe.pexpire(key, int((confirm_seconds + lock_seconds) * 10_000))
-        pipe.execute()
+    if seen or waiting:
+        queue.replace_sweep_suspects(waiting, (confirm_seconds + lock_seconds) * KEEP_FACTOR)
     return confirmed, waiting

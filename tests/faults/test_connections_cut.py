@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tasks.models import TaskRecord
-from tasks.queue.reliable import QueueUnavailable
+from tasks.exceptions import QueueUnavailable
 from tests.faults.conftest import all_final, count_status, executions, redis_leftovers
 from tests.faults.fault_tasks import slow_append
 from tests.fixture_tasks import append_to_file

@@ -11,7 +11,8 @@ from django.db import transaction
 
 from tasks.queue import keys
 from tasks.models import TaskRecord, TaskStatus
-from tasks.queue.reliable import QueueUnavailable, ReliableQueue
+from tasks.exceptions import QueueUnavailable
+from tasks.queue.reliable import ReliableQueue
 from tasks.tasks import add
 from tasks.worker.loop import Worker
 from tests.faults.conftest import QUEUE, all_final, executions, redis_leftovers

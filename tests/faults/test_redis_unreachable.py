@@ -8,7 +8,7 @@ import pytest
 from django.db import transaction
 
 from tasks.models import TaskRecord
-from tasks.queue.reliable import QueueUnavailable
+from tasks.exceptions import QueueUnavailable
 from tasks.tasks import add
 from tests.faults.conftest import all_final, executions
 from tests.fixture_tasks import append_to_file

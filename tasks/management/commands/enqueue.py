@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks import registry
-from tasks.queue.backend import ArgumentsNotStorable, MessageTooLarge, QueueUnavailable
+from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueUnavailable
 from tasks.compat import InvalidTaskError
 from tasks.management.process import require_redis
 

@@ -1,7 +1,7 @@
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks.queue.envelope import ID_PATTERN
+from tasks.queue import presence
 from tasks.channel.listener import Listener
 from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
 from tasks.channel.publish import CHANNEL_MAX_LENGTH
@@ -42,8 +42,8 @@ class Command(BaseCommand):
         require_redis()
         if max_messages is not None and max_messages < 1:
             raise CommandError("--max-messages must be at least 1.")
-        if listener_id is not None and not ID_PATTERN.match(listener_id):
-            raise CommandError("--listener-id may use letters, digits and _.:- (at most 64).")
+        if listener_id is not None and not presence.valid_id(listener_id):
+            raise CommandError(f"--listener-id may use {presence.MEMBER_ID_RULE}.")
         for option, names in (("--channel", channels), ("--pattern", patterns)):
             for name in names or []:
                 if not name.strip():

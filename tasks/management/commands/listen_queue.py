@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from tasks.conf import mq_settings
-from tasks.queue.envelope import ID_PATTERN
+from tasks.queue import presence
 from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
 from tasks.worker.loop import Worker
 
@@ -30,8 +30,8 @@ class Command(BaseCommand):
         require_redis()
         if max_tasks is not None and max_tasks < 1:
             raise CommandError("--max-tasks must be at least 1.")
-        if worker_id is not None and not ID_PATTERN.match(worker_id):
-            raise CommandError("--worker-id may use letters, digits and _.:- (at most 64).")
+        if worker_id is not None and not presence.valid_id(worker_id):
+            raise CommandError(f"--worker-id may use {presence.MEMBER_ID_RULE}.")
         queues = queues or ["default"]
         unknown = [q for q in queues if not q.strip()]
         if unknown:

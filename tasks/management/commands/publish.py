@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from tasks.management.process import require_redis
 from tasks.channel.publish import publish
-from tasks.queue.reliable import QueueUnavailable
+from tasks.exceptions import ChannelUnavailable
 
 
 class Command(BaseCommand):
@@ -23,6 +23,6 @@ class Command(BaseCommand):
         require_redis()
         try:
             receivers = publish(message, channel=channel, publisher="command")
-        except (QueueUnavailable, ValueError) as exc:  # ValueError covers MessageTooLarge and a bad channel
+        except (ChannelUnavailable, ValueError) as exc:  # ValueError covers MessageTooLarge and a bad channel
             raise CommandError(f"Nothing was published: {exc}") from None
         self.stdout.write(str(receivers))
