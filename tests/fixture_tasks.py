@@ -3,6 +3,7 @@ stall the worker, so they are registered only by tests/settings.py
 (MQ_TASK_MODULES), never in a deployment; the test process registers them
 by importing this module."""
 
+import logging
 import os
 import signal
 import time
@@ -28,3 +29,9 @@ def append_to_file(path, line):
     with open(path, "a") as handle:
         handle.write(f"{line}\n")
     return line
+
+
+@task
+def log_prose(text):
+    """Logs like a library would: prose, any logger (tests/test_logging.py)."""
+    logging.getLogger("thirdparty.client").info("sent %s", text)

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
+from redis import Redis
 
 from tasks import registry
 from tasks.compat import (
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ArgumentsNotStorable", "MessageTooLarge", "RedisTaskBackend", "QueueUnavailable", "queue_for"]
 
 
-_queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
+_queues: weakref.WeakKeyDictionary[Redis, dict[tuple[str, str], ReliableQueue]] = weakref.WeakKeyDictionary()
 
 
 def queue_for(queue_name):
@@ -170,7 +171,7 @@ class RedisTaskBackend(BaseTaskBackend):
         # The Tasks API counts attempts as len(worker_ids): one entry per run.
         failed_on = [e.get("worker", "") for e in record.errors]
         worker_ids = (failed_on + [record.worker] * record.attempts)[: record.attempts]
-        result = TaskResult(
+        result: TaskResult = TaskResult(
             task=task,
             id=record.id,
             status=status,

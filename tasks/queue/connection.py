@@ -17,7 +17,7 @@ from tasks.conf import mq_settings
 
 NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
 
-_clients = {}
+_clients: dict[tuple[str, float, int], redis.Redis] = {}
 
 
 class RedisNotConfigured(ImproperlyConfigured, RedisError):

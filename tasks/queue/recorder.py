@@ -31,7 +31,7 @@ class Outcome:
     started_at: datetime
     finished_at: datetime
     result: object = None
-    error: dict = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
+    error: dict | None = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
 
 
 class Recorder:
@@ -270,7 +270,7 @@ class Recorder:
 def _parse_time(value):
     try:
         parsed = datetime.fromisoformat(value)
-        parsed = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)
+        parsed = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
         # Converted here, where an overflow can be caught: a message's
         # "0001-01-01T00:00:00+14:00" is before year 1 in UTC, and the
         # OverflowError raised while saving the row ended the worker.
