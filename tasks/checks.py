@@ -190,7 +190,7 @@ def check_channel_handlers() -> list[CheckMessage]:
     if not is_str_map(handlers):
         return [Error("MQ_CHANNEL_HANDLERS must map channels or patterns to handler paths.", id="mqsite.E027")]
     return [
-        Error(f"MQ_CHANNEL_HANDLERS[{channel!r}] = {path!r} cannot be imported.", id="mqsite.E028")
+        Error(f"MQ_CHANNEL_HANDLERS[{channel!r}]: channel handler {path!r} cannot be imported.", id="mqsite.E028")
         for channel, path in handlers.items()
         if not importable(path)
     ]
@@ -200,7 +200,7 @@ def check_default_channel_handler() -> list[CheckMessage]:
     path = mq_settings.MQ_DEFAULT_CHANNEL_HANDLER
     if importable(path):
         return []
-    return [Error(f"MQ_DEFAULT_CHANNEL_HANDLER = {path!r} cannot be imported.", id="mqsite.E029")]
+    return [Error(f"MQ_DEFAULT_CHANNEL_HANDLER: channel handler {path!r} cannot be imported.", id="mqsite.E029")]
 
 
 SETTINGS_CHECKS: Sequence[Callable[[], list[CheckMessage]]] = (
