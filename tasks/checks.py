@@ -167,7 +167,9 @@ def check_api_tokens() -> list[CheckMessage]:
 
 def check_metrics_allow() -> list[CheckMessage]:
     value = mq_settings.MQ_METRICS_ALLOW
-    error = Error(f"MQ_METRICS_ALLOW must be a list of IP networks such as '127.0.0.0/8', not {value!r}.", id="mqsite.E025")
+    error = Error(
+        f"MQ_METRICS_ALLOW must be a list of IP networks such as '127.0.0.0/8', not {value!r}.", id="mqsite.E025"
+    )
     if not is_str_list(value):
         return [error]
     try:

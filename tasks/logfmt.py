@@ -94,7 +94,8 @@ class LogfmtFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"time={self.timestamp(record)} level={record.levelname} logger={quote(record.name)} {self.fields(record)}"
+        head = f"time={self.timestamp(record)} level={record.levelname} logger={quote(record.name)}"
+        line = f"{head} {self.fields(record)}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
