@@ -208,11 +208,16 @@ if not DEBUG:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # logfmt lines (tasks/logfmt.py): values quoted when they need it, and
+    # task_id/task on every line logged while a task runs, whoever logs it.
     "formatters": {
-        "keyvalue": {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"},
+        "logfmt": {"()": "tasks.logfmt.LogfmtFormatter"},
+    },
+    "filters": {
+        "task_context": {"()": "tasks.logfmt.TaskContextFilter"},
     },
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "keyvalue"},
+        "stderr": {"class": "logging.StreamHandler", "formatter": "logfmt", "filters": ["task_context"]},
     },
     "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {

@@ -1,6 +1,7 @@
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -94,7 +95,7 @@ class TaskRecordAdmin(ReadOnlyAdmin):
         ("Call", {"fields": ["call_args", "call_kwargs"]}),
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
     ]
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     def has_delete_permission(self, request, obj=None):
         # Deleting an open row would let the sweeper lose track of its task.

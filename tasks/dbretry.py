@@ -11,12 +11,19 @@ is fed while waiting, because waiting is the right thing to do.
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from tasks.exceptions import DatabaseGaveUp
 
+if TYPE_CHECKING:
+    from tasks.sdnotify import SystemdNotifier
+
 logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
 
 # A lost or unusable connection: retried until the database is back.
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -33,7 +40,14 @@ MAX_DELAY = 5.0
 SLICE = 0.25
 
 
-def retry_database(fn, *args, owner, notifier=None, give_up=None, sleep=time.sleep):
+def retry_database(
+    fn: Callable[..., Result],
+    *args: Any,
+    owner: str,
+    notifier: "SystemdNotifier | None" = None,
+    give_up: Callable[[], bool] | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Result:
     """Return fn(*args), retrying while the database is unavailable.
 
     ``owner`` names the process in log lines, as a key=value pair such as
@@ -59,7 +73,7 @@ def retry_database(fn, *args, owner, notifier=None, give_up=None, sleep=time.sle
         return result
 
 
-def _drop_broken_connections():
+def _drop_broken_connections() -> None:
     # Django reconnects on the next query only once a broken connection is
     # closed; inside atomic() it must stay open for the rollback.
     for conn in connections.all(initialized_only=True):
@@ -68,7 +82,12 @@ def _drop_broken_connections():
             conn.close()
 
 
-def _wait(seconds, notifier, give_up, sleep):
+def _wait(
+    seconds: float,
+    notifier: "SystemdNotifier | None",
+    give_up: Callable[[], bool] | None,
+    sleep: Callable[[float], object],
+) -> bool:
     """Sleep for ``seconds``; True as soon as give_up() says so."""
     deadline = time.monotonic() + seconds
     while True:

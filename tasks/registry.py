@@ -10,25 +10,26 @@ from importlib import import_module
 
 from django.utils.module_loading import autodiscover_modules
 
+from tasks.compat import Task
 from tasks.conf import mq_settings
 
-_tasks = {}
+_tasks: dict[str, Task] = {}
 
 
-def register(task):
+def register(task: Task) -> None:
     # .using() makes variants of a task with the same path; the declared one wins.
     _tasks.setdefault(task.module_path, task)
 
 
-def get(path):
+def get(path: str) -> Task | None:
     return _tasks.get(path)
 
 
-def paths():
+def paths() -> list[str]:
     return sorted(_tasks)
 
 
-def autodiscover():
+def autodiscover() -> None:
     """Import every installed app's tasks module and MQ_TASK_MODULES."""
     autodiscover_modules("tasks")
     for module in mq_settings.MQ_TASK_MODULES:

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 SEND_TIMEOUT = 1.0
 
 
-def _address(value):
+def _address(value: str) -> str | None:
     # "@name" is Linux's abstract namespace, spelled with a leading NUL byte.
     if value.startswith("@"):
         return "\0" + value[1:]
@@ -34,7 +35,7 @@ def _address(value):
     return None
 
 
-def _watchdog_timeout(environ):
+def _watchdog_timeout(environ: Mapping[str, str]) -> float | None:
     # WATCHDOG_PID names the process systemd expects pings from; a child that
     # inherited the environment must not ping on its parent's behalf.
     pid = environ.get("WATCHDOG_PID")
@@ -50,35 +51,35 @@ def _watchdog_timeout(environ):
 class SystemdNotifier:
     """Send sd_notify messages; safe to call from the loop and a heartbeat thread."""
 
-    def __init__(self, environ=os.environ, clock=time.monotonic):
+    def __init__(self, environ: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.monotonic) -> None:
         raw = environ.get("NOTIFY_SOCKET", "")
         self._address = _address(raw)
         if raw and self._address is None:
             logger.warning("event=sdnotify_unsupported_socket notify_socket=%s", raw)
         self._clock = clock
-        self._socket = None
+        self._socket: socket.socket | None = None
         self._lock = threading.Lock()
         self._warned = False
-        self._last_ping = None
+        self._last_ping: float | None = None
         timeout = _watchdog_timeout(environ) if self._address else None
         # Seconds between pings: half of WatchdogSec=, systemd's advice, so one
         # late loop iteration does not get the worker killed. None: no watchdog.
         self.watchdog_interval = timeout / 2 if timeout else None
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         return self._address is not None
 
-    def ready(self, status=None):
+    def ready(self, status: object = None) -> None:
         self._send("READY=1", status)
 
-    def status(self, text):
+    def status(self, text: object) -> None:
         self._send(None, text)
 
-    def stopping(self):
+    def stopping(self) -> None:
         self._send("STOPPING=1")
 
-    def watchdog(self):
+    def watchdog(self) -> None:
         """Ping if watchdog_interval passed since the last ping; cheap to call often."""
         if self.watchdog_interval is None:
             return
@@ -89,7 +90,7 @@ class SystemdNotifier:
             self._last_ping = now
         self._send("WATCHDOG=1")
 
-    def _send(self, state, status=None):
+    def _send(self, state: str | None, status: object = None) -> None:
         lines = [state] if state else []
         if status is not None:
             # A newline would end the STATUS= line and let the text forge keys.

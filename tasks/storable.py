@@ -13,12 +13,15 @@ import json
 MAX_ARGS_DEPTH = 100
 
 
-def nested_deeper(raw, value, limit):
+def nested_deeper(raw: str | bytes, value: object, limit: int) -> bool:
     """Whether ``value`` (decoded from ``raw``) nests lists/dicts deeper than
     ``limit``, walked without recursion. Counting brackets in the raw text
     first keeps the common, shallow message at one C-level scan."""
-    brackets = b"[{" if isinstance(raw, bytes) else "[{"
-    if raw.count(brackets[:1]) + raw.count(brackets[1:]) <= limit:
+    if isinstance(raw, bytes):
+        brackets = raw.count(b"[") + raw.count(b"{")
+    else:
+        brackets = raw.count("[") + raw.count("{")
+    if brackets <= limit:
         return False
     stack = [(value, 0)]
     while stack:
@@ -32,7 +35,7 @@ def nested_deeper(raw, value, limit):
     return False
 
 
-def unstorable(value):
+def unstorable(value: object) -> str | None:
     """Why the databases cannot store ``value`` (decoded JSON) as it is, or None.
 
     Python's json reads and writes NaN and Infinity (also from 1e400), lone

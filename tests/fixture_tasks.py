@@ -3,6 +3,7 @@ stall the worker, so they are registered only by tests/settings.py
 (MQ_TASK_MODULES), never in a deployment; the test process registers them
 by importing this module."""
 
+import logging
 import os
 import signal
 import time
@@ -35,3 +36,9 @@ def record_run(context, path):
     """Appends its own task id to a file: counts executions per id (schedules)."""
     with open(path, "a") as handle:
         handle.write(f"{context.task_result.id}\n")
+
+
+@task
+def log_prose(text):
+    """Logs like a library would: prose, any logger (tests/test_logging.py)."""
+    logging.getLogger("thirdparty.client").info("sent %s", text)

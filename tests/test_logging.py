@@ -1,33 +1,50 @@
-"""Worker logs: one stderr line per event with key=value fields, a level that
-follows --verbosity, and settings.LOGGING able to override it."""
+"""Worker logs: one stderr line per event in logfmt (values quoted when they
+need it, task_id and task on every line logged while a task runs), a level
+that follows --verbosity, and settings.LOGGING able to override it."""
 
 import logging
+import re
 import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tasks.logfmt import LogfmtFormatter, TaskContextFilter, task_context
 from tasks.management.process import set_verbosity
 from tasks.models import TaskRecord, TaskStatus
-from tasks.tasks import add, always_fails
+from tasks.tasks import add, always_fails, cook_dish
+from tests.fixture_tasks import log_prose
 from tests.processes import manage, run_manage, stop, wait_for
 from tests.redis_server import free_port
 
 FIELDS = {"task_id", "task", "queue", "worker", "attempt", "duration", "outcome"}
+# key=value or key="value with \"escapes\"", as logfmt tools read them.
+PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
+
+
+def parse_logfmt(line):
+    """The fields of one logfmt line; AssertionError if it is not logfmt."""
+    fields = {}
+    position = 0
+    while position < len(line):
+        match = PAIR.match(line, position)
+        assert match, f"not logfmt at {line[position:]!r}: {line!r}"
+        key, value = match.groups()
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value[1:-1])
+        fields[key] = value
+        position = match.end()
+    return fields
+
+
+def log_lines(stderr):
+    return [parse_logfmt(line) for line in stderr.splitlines() if line.startswith("time=")]
 
 
 def events(stderr, name):
-    """The key=value fields of each line logging ``event=<name>``."""
-    found = []
-    for line in stderr.splitlines():
-        if f" event={name} " not in f"{line} ":
-            continue
-        # "<date> <time> level=... logger=... event=... key=value ..."
-        tokens = line.split(" ")[2:]
-        assert all("=" in token for token in tokens), f"not key=value: {line!r}"
-        found.append(dict(token.split("=", 1) for token in tokens))
-    return found
+    """The fields of each line logging ``event=<name>``."""
+    return [fields for fields in log_lines(stderr) if fields.get("event") == name]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -116,12 +133,17 @@ def test_runserver_logs_one_line_per_request(tmp_path):
         for request in (f"{site}/no-such-page-4xx", urllib.request.Request(f"{site}/api/messages", b"{}")):
             with pytest.raises(urllib.error.HTTPError):
                 urllib.request.urlopen(request, timeout=10)
-        wait_for(lambda: '"POST /api/messages HTTP/1.1" 401' in log.read_text(), message="the access line")
+        wait_for(lambda: access_line(log.read_text()), message="the access line")
     finally:
         stop(server)
     lines = log.read_text().splitlines()
     assert len([line for line in lines if "/no-such-page-4xx" in line]) == 1, lines
     assert len([line for line in lines if "/api/messages" in line]) == 1, lines
+
+
+def access_line(text):
+    """runserver's line for the 401, read as logfmt like every other line."""
+    return [f for f in log_lines(text) if '"POST /api/messages HTTP/1.1" 401' in f.get("msg", "")]
 
 
 def accepts(port):
@@ -130,3 +152,65 @@ def accepts(port):
         return True
     except OSError:
         return False
+
+
+def formatted(message, *args, task=None, **extra):
+    record = logging.LogRecord("tasks.test", logging.INFO, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    if task:
+        with task_context(*task):
+            TaskContextFilter().filter(record)
+    return LogfmtFormatter().format(record)
+
+
+@pytest.mark.no_redis
+@pytest.mark.parametrize("value", ["two words", 'say "hi"', "a=b", "", "back\\slash", "line\nbreak", "plain"])
+def test_values_that_need_it_are_quoted_and_parse_back(value):
+    line = formatted("event=probe value=%s error=%r count=%d", value, value, 3)
+
+    fields = parse_logfmt(line)
+    assert (fields["event"], fields["value"], fields["error"], fields["count"]) == ("probe", value, value, "3")
+    assert ("value=plain " in line) == (value == "plain")  # quoted only when needed
+    assert "\n" not in line
+
+
+@pytest.mark.no_redis
+def test_prose_becomes_one_msg_field_and_extra_fields_follow():
+    fields = parse_logfmt(formatted("sent %s", 'the "order" 5', client="a b"))
+
+    assert (fields["logger"], fields["level"], fields["msg"], fields["client"]) == (
+        "tasks.test",
+        "INFO",
+        'sent the "order" 5',
+        "a b",
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["time"])
+
+
+@pytest.mark.no_redis
+def test_lines_logged_while_a_task_runs_carry_it_once():
+    prose = formatted("working on it", task=("id-1", "app.tasks.job"))
+    own = formatted("event=task_done task_id=%s task=%s", "id-1", "app.tasks.job", task=("id-1", "app.tasks.job"))
+
+    assert (parse_logfmt(prose)["task_id"], parse_logfmt(prose)["task"]) == ("id-1", "app.tasks.job")
+    assert own.count("task_id=") == 1 and own.count(" task=") == 1
+    assert "task_id" not in parse_logfmt(formatted("outside any task"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tasks_own_log_lines_carry_its_id_and_path(redis_url):
+    prose = log_prose.enqueue('a "quoted" text = with spaces').id
+    cooked = cook_dish.enqueue(3).id
+
+    done = run_manage(redis_url, "listen_queue", "--burst")
+
+    assert done.returncode == 0, done.stderr
+    [line] = [fields for fields in log_lines(done.stderr) if fields["logger"] == "thirdparty.client"]
+    assert (line["msg"], line["task_id"], line["task"]) == (
+        'sent a "quoted" text = with spaces',
+        prose,
+        "tests.fixture_tasks.log_prose",
+    )
+    [line] = events(done.stderr, "cooked")
+    assert (line["task_id"], line["task"], line["dish"]) == (cooked, "tasks.tasks.cook_dish", "paella")
+    assert all("task_id" not in fields for fields in events(done.stderr, "worker_stop"))

@@ -44,7 +44,8 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # An oversized payload is not handled; the receipt keeps this much of it.
 OVERSIZED_KEEP_BYTES = 1000
-CHANNEL_MAX_LENGTH = ReceivedMessage._meta.get_field("channel").max_length
+# A CharField always has one; the stubs type it for every field (int | None).
+CHANNEL_MAX_LENGTH: int = ReceivedMessage._meta.get_field("channel").max_length  # type: ignore[assignment]
 
 
 class Listener:

@@ -28,7 +28,8 @@ from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_MAX_LENGTH = PublishedMessage._meta.get_field("channel").max_length
+# A CharField always has one; the stubs type it for every field (int | None).
+CHANNEL_MAX_LENGTH: int = PublishedMessage._meta.get_field("channel").max_length  # type: ignore[assignment]
 
 
 def encode(data):

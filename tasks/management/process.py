@@ -4,6 +4,8 @@ first asks for a graceful stop, a second one forces)."""
 
 import logging
 import signal
+from collections.abc import Callable
+from types import FrameType
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -15,7 +17,7 @@ from tasks.queue.connection import redis_url
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
 
 
-def require_redis():
+def require_redis() -> None:
     """Stop a command that needs Redis before it does anything, when the
     project names none: exit 1 with the message, no traceback."""
     try:
@@ -24,7 +26,7 @@ def require_redis():
         raise CommandError(str(exc)) from None
 
 
-def set_verbosity(verbosity):
+def set_verbosity(verbosity: int) -> None:
     """-v 0: warnings and errors, 1: one line per event, 2+: debug. A level
     that settings.LOGGING gives the "tasks" logger wins over the flag."""
     configured = (getattr(settings, "LOGGING", None) or {}).get("loggers", {}).get("tasks", {})
@@ -33,12 +35,12 @@ def set_verbosity(verbosity):
     logging.getLogger("tasks").setLevel(LEVELS.get(verbosity, logging.DEBUG))
 
 
-def install_stop_handlers(request_stop):
+def install_stop_handlers(request_stop: Callable[[], object]) -> None:
     """SIGTERM/SIGINT: the first calls request_stop (which only sets a flag),
     the second exits at once; in-flight work then returns through recovery."""
-    received = []
+    received: list[int] = []
 
-    def handle(signum, frame):
+    def handle(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
         if len(received) > 1:
             raise ForcedStop(128 + signum)

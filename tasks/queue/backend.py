@@ -17,6 +17,7 @@ from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
+from redis import Redis
 
 from tasks import registry
 from redis.exceptions import RedisError
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["RedisTaskBackend", "purge_dead_letters", "queue_for", "requeue"]
 
 
-_queues = weakref.WeakKeyDictionary()  # client -> {(name, key): ReliableQueue}
+_queues: weakref.WeakKeyDictionary[Redis, dict[tuple[str, str], ReliableQueue]] = weakref.WeakKeyDictionary()
 
 
 def queue_for(queue_name, client=None):

@@ -16,7 +16,7 @@ from tasks.exceptions import RedisNotConfigured
 
 NO_REDIS = "no Redis: set REDIS_URL or start `make run`"
 
-_clients = {}
+_clients: dict[tuple[str, float, int], redis.Redis] = {}
 
 
 def redis_url(url=None):

@@ -33,7 +33,7 @@ class Outcome:
     started_at: datetime
     finished_at: datetime
     result: object = None
-    error: dict = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
+    error: dict | None = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
 
 
 class Recorder:

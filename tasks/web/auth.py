@@ -54,7 +54,7 @@ def _from_allowed_network(request):
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False
-    if getattr(address, "ipv4_mapped", None):  # ::ffff:127.0.0.1 on a dual-stack socket
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:  # ::ffff:127.0.0.1 on a dual-stack socket
         address = address.ipv4_mapped
     for entry in mq_settings.MQ_METRICS_ALLOW:
         try:

@@ -12,8 +12,8 @@ import time
 
 from tasks.conf import mq_settings
 
-_seen = {}
-_configured = []
+_seen: dict[str, int] = {}
+_configured: list[str] = []
 
 
 def _spec():

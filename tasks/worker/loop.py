@@ -31,6 +31,7 @@ from tasks.compat import TaskContext
 from tasks.conf import mq_settings
 from tasks.queue.connection import get_redis
 from tasks.dbretry import retry_database
+from tasks.logfmt import task_context
 from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso, oversized
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import Heartbeat, lease_clock
@@ -206,7 +207,8 @@ class Worker:
         close_old_connections()
         batch_started = time.monotonic()
         self._batch_options = {}
-        runnable, bad, replacements, seen = [], [], [], set()
+        runnable, replacements, seen = [], [], set()
+        bad: list[tuple[bytes, BadMessage | None]] = []
         for raw in items:
             message = self._classify(raw, queue.name)
             if isinstance(message, tuple):  # a raw payload, now wrapped in an envelope
@@ -351,9 +353,9 @@ class Worker:
         started_at = utcnow()
         self.current = (envelope, time.monotonic())
         try:
-            with time_limit(self._options(envelope.task)[1]):
+            with time_limit(self._options(envelope.task)[1]), task_context(envelope.id, envelope.task):
                 if task.takes_context:
-                    context = TaskContext(task_result=context_result(task, envelope, attempt, self.worker_id, started_at))
+                    context: TaskContext = TaskContext(task_result=context_result(task, envelope, attempt, self.worker_id, started_at))
                     value = task.call(context, *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)

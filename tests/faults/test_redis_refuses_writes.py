@@ -79,7 +79,7 @@ def test_an_eviction_policy_that_can_drop_queue_keys_is_reported(redis_url, redi
     text = run_manage(redis_url, "queue_status")
     assert ("warning:" in text.stderr and policy in text.stderr) is warned
     check = run_manage(redis_url, "check", "--deploy", "--tag", "mqsite_redis", "--fail-level", "WARNING")
-    assert ("mqsite.W_REDIS_EVICTION" in check.stderr + check.stdout) is warned
+    assert ("mqsite.W002" in check.stderr + check.stdout) is warned
     assert (check.returncode != 0) is warned
 
 

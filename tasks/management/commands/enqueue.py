@@ -1,6 +1,7 @@
 import json
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks import registry
 from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueUnavailable
@@ -8,7 +9,7 @@ from tasks.compat import InvalidTaskError
 from tasks.management.process import require_redis
 
 
-def _json_arg(text, kind, option):
+def _json_arg(text: str, kind: type[list] | type[dict], option: str) -> Any:
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -21,7 +22,7 @@ def _json_arg(text, kind, option):
 class Command(BaseCommand):
     help = "Enqueue a registered task; prints one task id per line."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("task_path", metavar="TASK_PATH", help="Dotted path of a @task, e.g. tasks.tasks.cook_dish.")
         # dest avoids BaseCommand's own "args" parameter.
         parser.add_argument("--args", dest="task_args", default="[]", metavar="JSON", help="Positional arguments, a JSON array.")
@@ -29,7 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=int, default=1, metavar="N", help="Enqueue N copies (one round trip).")
         parser.add_argument("--queue", metavar="NAME", help="Queue to use instead of the task's own.")
 
-    def handle(self, *args, task_path, task_args, task_kwargs, count, queue, **options):
+    def handle(
+        self, *args: Any, task_path: str, task_args: str, task_kwargs: str, count: int, queue: str | None, **options: Any
+    ) -> None:
         require_redis()
         task = registry.get(task_path)
         if task is None:
@@ -41,7 +44,8 @@ class Command(BaseCommand):
         try:
             if queue:
                 task = task.using(queue_name=queue)
-            results = task.get_backend().enqueue_many(task, [call] * count)
+            # settings.TASKS names RedisTaskBackend, which adds enqueue_many to the API.
+            results = task.get_backend().enqueue_many(task, [call] * count)  # type: ignore[attr-defined]
         except (InvalidTaskError, ArgumentsNotStorable) as exc:
             raise CommandError(str(exc)) from None
         except (MessageTooLarge, QueueUnavailable) as exc:

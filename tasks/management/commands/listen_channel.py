@@ -1,5 +1,7 @@
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.queue import presence
 from tasks.channel.listener import Listener
@@ -14,7 +16,7 @@ class Command(BaseCommand):
         "messages published while no listener is connected are lost."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--channel",
             action="append",
@@ -38,7 +40,16 @@ class Command(BaseCommand):
             "instance). Default: host-pid.",
         )
 
-    def handle(self, *args, channels=None, patterns=None, max_messages=None, listener_id=None, verbosity=1, **options):
+    def handle(
+        self,
+        *args: Any,
+        channels: list[str] | None = None,
+        patterns: list[str] | None = None,
+        max_messages: int | None = None,
+        listener_id: str | None = None,
+        verbosity: int = 1,
+        **options: Any,
+    ) -> None:
         require_redis()
         if max_messages is not None and max_messages < 1:
             raise CommandError("--max-messages must be at least 1.")

@@ -1,4 +1,6 @@
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.conf import mq_settings
 from tasks.queue import presence
@@ -9,7 +11,7 @@ from tasks.worker.loop import Worker
 class Command(BaseCommand):
     help = "Run a worker: take tasks from Redis queues, run them, record each outcome."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--queue",
             action="append",
@@ -26,7 +28,16 @@ class Command(BaseCommand):
             "returns its own leftover in-flight tasks. Default: host-pid.",
         )
 
-    def handle(self, *args, queues=None, burst=False, max_tasks=None, worker_id=None, verbosity=1, **options):
+    def handle(
+        self,
+        *args: Any,
+        queues: list[str] | None = None,
+        burst: bool = False,
+        max_tasks: int | None = None,
+        worker_id: str | None = None,
+        verbosity: int = 1,
+        **options: Any,
+    ) -> None:
         require_redis()
         if max_tasks is not None and max_tasks < 1:
             raise CommandError("--max-tasks must be at least 1.")

@@ -1,4 +1,6 @@
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.management.process import require_redis
 from tasks.channel.publish import publish
@@ -11,7 +13,7 @@ class Command(BaseCommand):
         "Listeners that are not connected at this moment never get it."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "message",
             metavar="MESSAGE",
@@ -19,7 +21,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--channel", metavar="NAME", help="Channel to publish on. Default: MQ_DEFAULT_CHANNEL.")
 
-    def handle(self, *args, message, channel=None, **options):
+    def handle(self, *args: Any, message: str, channel: str | None = None, **options: Any) -> None:
         require_redis()
         try:
             receivers = publish(message, channel=channel, publisher="command")

@@ -1,6 +1,7 @@
 import json
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandParser, CommandError
 from redis.exceptions import RedisError
 
 from tasks.management.process import require_redis
@@ -10,10 +11,10 @@ from tasks.web.status import read_snapshot
 class Command(BaseCommand):
     help = "Show queues, workers, listeners and history counts."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print the stable JSON document (for scripts and monitoring).")
 
-    def handle(self, *args, json=False, **options):
+    def handle(self, *args: Any, json: bool = False, **options: Any) -> None:
         require_redis()
         snapshot = read_snapshot()
         try:
@@ -47,9 +48,9 @@ class Command(BaseCommand):
             self.stderr.write(f"warning: {warning}")
 
 
-def _age(seconds):
+def _age(seconds: float | None) -> str:
     return "unknown" if seconds is None else f"{seconds:.1f}s"
 
 
-def _dumps(value):
+def _dumps(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
