@@ -31,7 +31,7 @@ REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD)
 REQUEUE_FIELDS = ("status", "attempts", "enqueued_at", "started_at", "finished_at")
 
 
-class TaskRecordQuerySet(models.QuerySet):
+class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
     def open(self):
         return self.filter(status__in=OPEN_STATUSES)
 
@@ -125,7 +125,7 @@ class TaskRecordQuerySet(models.QuerySet):
         follows. Returns the values it replaced, for ``undo_requeue``, or
         None when the row is no longer FAILED/DEAD.
         """
-        with transaction.atomic(using=self._db or router.db_for_write(self.model)):
+        with transaction.atomic(using=self.db):
             rows = self.select_for_update().filter(id=task_id, status__in=REQUEUEABLE)
             before = rows.values(*REQUEUE_FIELDS).first()
             if before is not None:
@@ -183,7 +183,7 @@ class TaskRecord(models.Model):
         # The Tasks API counts attempts as len(worker_ids): one entry per run.
         failed_on = [e.get("worker", "") for e in self.errors]
         worker_ids = (failed_on + [self.worker] * self.attempts)[: self.attempts]
-        result = TaskResult(
+        result: TaskResult = TaskResult(
             task=task,
             id=self.id,
             status=status,

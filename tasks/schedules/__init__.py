@@ -38,7 +38,7 @@ ID_PREFIX = "sched"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 MAX_NAME_LENGTH = 64 - len(f"{ID_PREFIX}::") - len("20260101T000000Z")
 
-_decorated = {}  # name -> Schedule, filled by @cron at import time
+_decorated: dict[str, "Schedule"] = {}  # name -> Schedule, filled by @cron at import time
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Schedule:
 
     def ticks_back(self, until, after, limit):
         """Ticks t with after < t <= until, newest first, at most ``limit``."""
-        ticks = []
+        ticks: list[datetime] = []
         for tick in _iterate(self.cron, until + timedelta(microseconds=1), reverse=True):
             if tick <= after or len(ticks) >= limit:
                 break

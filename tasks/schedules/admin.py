@@ -25,7 +25,7 @@ class ScheduleStateAdmin(admin.ModelAdmin):
     list_filter = ["paused"]
     search_fields = ["name"]
     actions = ["pause_schedules", "resume_schedules"]
-    fields = ["name", "task", "cron", "catch_up", "paused", "last_run", "last_outcome", "last_task_id", "next_run"]
+    fields = ("name", "task", "cron", "catch_up", "paused", "last_run", "last_outcome", "last_task_id", "next_run")
     readonly_fields = fields
 
     def changelist_view(self, request, extra_context=None):

@@ -79,8 +79,8 @@ class Snapshot:
     def as_status(self):
         """The stable JSON of `queue_status --json` and /api/stats (DESIGN.md
         section 3), with only the parts that answered."""
-        status = {}
-        if self.redis_up:
+        status: dict[str, object] = {}
+        if self.redis_up and self.queues is not None:
             status.update(
                 queues={name: figures.as_status() for name, figures in self.queues.items()},
                 workers=self.workers,

@@ -75,6 +75,9 @@ def _fire(schedule, after, now):
     if newest is None:
         return []
     task = registry.get(schedule.task)
+    if task is None:  # `manage.py check` reports it (mqsite.E101); never a worker's crash
+        logger.error("event=schedule_unknown_task schedule=%s task=%s", schedule.name, schedule.task)
+        return []
     calls = [(schedule.task_id(tick), schedule.args, schedule.kwargs) for tick in ticks]
     fired = []
     with transaction.atomic():

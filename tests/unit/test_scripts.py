@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 
 from tasks.queue import keys
-from tasks.queue.envelope import Envelope
+from tasks.queue.envelope import DeadLetter, Envelope
 from tasks.queue.reliable import QueueFull, ReliableQueue
 
 QUEUE = "test:queue"
@@ -239,9 +239,9 @@ def test_ack_schedules_no_retry_of_an_item_another_worker_took_back(client, queu
 
 def test_ack_dead_letters_entries_newest_first_trimmed_to_the_maximum(client, queue):
     items = taken(queue, 1, 2, 3)
-    entries = [{"id": f"t{n}", "reason": "gave up"} for n in (1, 2, 3)]
+    entries = [DeadLetter(reason="gave up", id=f"t{n}", task="tasks.tasks.add", item=f"item {n}") for n in (1, 2, 3)]
     queue.ack("w1", items, finished_ids=["t1", "t2", "t3"], dead=entries, dead_max=2)
-    assert dead_entries(client) == entries[:0:-1]
+    assert [(e["id"], e["reason"], e["item"]) for e in dead_entries(client)] == [("t3", "gave up", "item 3"), ("t2", "gave up", "item 2")]
 
 
 def test_ack_adds_up_stats(client, queue):
