@@ -29,12 +29,12 @@ from tasks.exceptions import ForcedStop
 from tasks.logfmt import task_context
 from tasks.models import TaskStatus
 from tasks.queue.backend import context_result, new_task_id, to_json
-from tasks.queue.envelope import BadMessage, Envelope, RawPayload, decode, now_iso, oversized
+from tasks.queue.envelope import BadMessage, Envelope, RawPayload, decode, now_iso
 from tasks.queue.recorder import Outcome
 from tasks.storable import printable, unstorable
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import lease_clock
-from tasks.worker.outcomes import DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
+from tasks.worker.outcomes import DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, dead_letter_entry, retry_delay
 from tasks.worker.timelimit import time_limit
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class BatchExecutor:
         for raw, message in bad:
             ack.done.append(raw)
             if message is not None:
-                ack.dead.append(self._dead_entry(raw, message.reason, message.id, message.task))
+                ack.dead.append(dead_letter_entry(self.worker_id, raw, message.reason, message.id, message.task))
                 ack.finished_ids.append(message.id)
                 messages.append(message)
         if messages:
@@ -274,7 +274,7 @@ class BatchExecutor:
     def failed(self, raw, envelope, started_at, finished_at, error):
         """Failed its last attempt: dead-lettered, the row FAILED."""
         record = Outcome(envelope.id, TaskStatus.FAILED, started_at, finished_at, error=error)
-        dead_letter = self._dead_entry(raw, error["exception"], envelope.id, envelope.task)
+        dead_letter = dead_letter_entry(self.worker_id, raw, error["exception"], envelope.id, envelope.task)
         return Verdict(FAILED, record, _seconds(started_at, finished_at), dead_letter=dead_letter)
 
     def dead(self, raw, envelope, attempt):
@@ -284,7 +284,7 @@ class BatchExecutor:
         reason = f"gave up after {attempt - 1} attempts; the last ones never finished (the worker was lost)"
         error = self._error("mqsite.WorkerLost", reason, attempt)
         record = Outcome(envelope.id, TaskStatus.DEAD, now, now, error=error)
-        return Verdict(DEAD, record, 0.0, dead_letter=self._dead_entry(raw, error["exception"], envelope.id, envelope.task))
+        return Verdict(DEAD, record, 0.0, dead_letter=dead_letter_entry(self.worker_id, raw, error["exception"], envelope.id, envelope.task))
 
     def _count_and_log(self, queue, envelope, attempt, verdict):
         self.processed += 1
@@ -306,16 +306,7 @@ class BatchExecutor:
             retry,
         )
 
-    # --- what the dead-letter list and the history keep ----------------------
-    def _dead_entry(self, raw, reason, task_id, task_path):
-        if oversized(raw, mq_settings.MQ_MAX_MESSAGE_BYTES):
-            # An excerpt, as TAKE_BATCH keeps of what it dead-letters unread: an
-            # oversized item that came through the blocking take was kept whole,
-            # MQ_DEAD_LETTER_MAX of them filling Redis's memory.
-            raw = raw[:1024]
-        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        return {"reason": reason, "id": task_id, "task": task_path, "worker": self.worker_id, "at": now_iso(), "item": text}
-
+    # --- what the history keeps ---------------------------------------------------
     def _error(self, exception, trace, attempt):
         # printable: an exception's message, even its class's module name, may
         # carry NUL or lone surrogates, which the history row cannot store.

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from tasks.backoff import backoff_delay
 from tasks.conf import mq_settings
+from tasks.queue.envelope import now_iso, oversized
 from tasks.queue.recorder import Outcome
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
@@ -64,3 +65,14 @@ class Ack:
 def retry_delay(attempt):
     """Seconds before the attempt after ``attempt`` (counted from 1)."""
     return backoff_delay(attempt - 1, mq_settings.MQ_RETRY_BASE_SECONDS, mq_settings.MQ_RETRY_MAX_SECONDS, jitter=True)
+
+
+def dead_letter_entry(worker_id, raw, reason, task_id, task_path):
+    """The dead-letter list's entry for a taken item."""
+    if oversized(raw, mq_settings.MQ_MAX_MESSAGE_BYTES):
+        # An excerpt, as TAKE_BATCH keeps of what it dead-letters unread: an
+        # oversized item that came through the blocking take was kept whole,
+        # MQ_DEAD_LETTER_MAX of them filling Redis's memory.
+        raw = raw[:1024]
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    return {"reason": reason, "id": task_id, "task": task_path, "worker": worker_id, "at": now_iso(), "item": text}
