@@ -127,7 +127,8 @@ class BatchExecutor:
                     raw = message.encode()
             elif isinstance(message, Envelope):
                 if registry.get(message.task) is None:
-                    message = BadMessage(f"unknown task {message.task!r}: not registered with @task", id=message.id, task=message.task)
+                    reason = f"unknown task {message.task!r}: not registered with @task"
+                    message = BadMessage(reason, id=message.id, task=message.task)
             elif not message.id:
                 message = replace(message, id=new_task_id())
             if isinstance(message, BadMessage):
@@ -284,7 +285,8 @@ class BatchExecutor:
         reason = f"gave up after {attempt - 1} attempts; the last ones never finished (the worker was lost)"
         error = self._error("mqsite.WorkerLost", reason, attempt)
         record = Outcome(envelope.id, TaskStatus.DEAD, now, now, error=error)
-        return Verdict(DEAD, record, 0.0, dead_letter=dead_letter_entry(self.worker_id, raw, error["exception"], envelope.id, envelope.task))
+        dead_letter = dead_letter_entry(self.worker_id, raw, error["exception"], envelope.id, envelope.task)
+        return Verdict(DEAD, record, 0.0, dead_letter=dead_letter)
 
     def _count_and_log(self, queue, envelope, attempt, verdict):
         self.processed += 1

@@ -81,7 +81,9 @@ class Worker:
         # An outage pauses the worker: the items stay in the processing list
         # under a live lease meanwhile, so nothing is lost and nobody else runs them.
         self._db = partial(retry_database, owner=f"worker={self.worker_id}", notifier=self.notifier)
-        self.heartbeat = Heartbeat(self.worker_id, self.queues, self.notifier, self.snapshot, on_tick=self.recorder.checkpoint_if_due)
+        self.heartbeat = Heartbeat(
+            self.worker_id, self.queues, self.notifier, self.snapshot, on_tick=self.recorder.checkpoint_if_due
+        )
         self.executor = BatchExecutor(self.worker_id, self.recorder, self.heartbeat, self._db, clock, self._should_stop)
         self.chores = worker_chores(self.worker_id, self.queues, self._db)
 
