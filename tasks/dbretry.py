@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
+from tasks.backoff import backoff_delay
 from tasks.exceptions import DatabaseGaveUp
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ CONNECTION_ERRORS = (OperationalError, InterfaceError)
 # are caught first.
 REFUSALS = (DatabaseError, UnicodeEncodeError)
 
+FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
 # Sleep in slices so a stop request is noticed promptly.
 SLICE = 0.25
@@ -54,21 +56,19 @@ def retry_database(
     "worker=host-12". ``give_up`` (optional) is polled between attempts; once
     it is true DatabaseGaveUp is raised instead of trying again.
     """
-    delay = 0.1
-    failing = False
+    failures = 0
     while True:
         try:
             result = fn(*args)
         except CONNECTION_ERRORS as exc:
-            if not failing:
+            if not failures:
                 logger.error("event=db_down %s error=%r", owner, str(exc).strip())
-                failing = True
             _drop_broken_connections()
-            if _wait(delay, notifier, give_up, sleep):
+            if _wait(backoff_delay(failures, FIRST_DELAY, MAX_DELAY), notifier, give_up, sleep):
                 raise DatabaseGaveUp(str(exc)) from exc
-            delay = min(delay * 2, MAX_DELAY)
+            failures += 1
             continue
-        if failing:
+        if failures:
             logger.warning("event=db_back %s", owner)
         return result
 

@@ -66,7 +66,7 @@ def test_one_task_done_line_per_task_with_every_field(redis_url):
             "succeeded",
         )
         assert float(line["duration"]) >= 0
-        assert (line["level"], line["logger"]) == ("INFO", "tasks.worker.loop")
+        assert (line["level"], line["logger"]) == ("INFO", "tasks.worker.executor")
     assert done.stdout == ""
 
 

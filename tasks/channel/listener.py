@@ -16,7 +16,6 @@ MQ_BLOCK_SECONDS, so it notices within that once the current handler returns.
 
 import logging
 import os
-import random
 import socket
 import time
 import traceback
@@ -25,6 +24,7 @@ from django.db import close_old_connections, connections, router
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from tasks.backoff import backoff_delay
 from tasks.queue import presence
 from tasks.channel import receipts
 from tasks.conf import mq_settings
@@ -244,8 +244,7 @@ class Listener:
             logger.debug("event=resubscribe_failed listener=%s attempt=%d error=%r", self.listener_id, self._attempts, str(exc))
         # Jitter over the upper half, so listeners cut off together do not
         # all come back in the same instant.
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(self._attempts - 1, 16))
-        self._pause(random.uniform(delay / 2, delay))
+        self._pause(backoff_delay(self._attempts - 1, BACKOFF_BASE, BACKOFF_MAX, jitter=True))
 
     def _pause(self, seconds):
         deadline = time.monotonic() + seconds

@@ -11,11 +11,12 @@ once: a finished row is never claimed or finished again.
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from tasks.dbretry import CONNECTION_ERRORS, REFUSALS
@@ -24,6 +25,9 @@ from tasks.models import OPEN_STATUSES, TaskRecord, TaskStatus
 from tasks.storable import printable
 
 logger = logging.getLogger(__name__)
+
+# How often SQLite's write-ahead log is checkpointed (see Recorder.checkpoint).
+CHECKPOINT_SECONDS = 1.0
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Recorder:
         self.using = using or router.db_for_write(TaskRecord)
         self.table = TaskRecord._meta.db_table
         self.is_sqlite = connections[self.using].vendor == "sqlite"
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
 
     @property
     def connection(self):
@@ -143,6 +148,21 @@ class Recorder:
         if self.is_sqlite:
             with self.connection.cursor() as cursor:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def checkpoint_if_due(self):
+        """checkpoint() once a CHECKPOINT_SECONDS; for a thread that calls
+        often and has no database work of its own (the worker's heartbeat).
+
+        A database error is left for the main loop to report: it meets the
+        same outage at its next write.
+        """
+        if not self.is_sqlite or time.monotonic() < self._next_checkpoint:
+            return
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        try:
+            self.checkpoint()
+        except DatabaseError:
+            pass
 
     def unclaim(self, ids, worker_id):
         """Undo the claim of tasks this worker did not get to run."""

@@ -10,7 +10,7 @@ or when a task holds the GIL in one long C call, which no Python thread can
 interrupt. Other workers then take its tasks back. So the thread also keeps
 ``held_until``: until then the lease is known to have been held without a
 break since the tasks in hand were taken, and the worker runs them without
-asking Redis (Worker._owns). A renewal only extends a lease that is still
+asking Redis (BatchExecutor._owns). A renewal only extends a lease that is still
 there; a lease that had lapsed is taken anew in a new ``epoch``, and tasks
 taken in an earlier one are checked with Redis one by one before they run.
 """
@@ -21,8 +21,9 @@ import socket
 import threading
 import time
 from functools import partial
+from typing import NamedTuple
 
-from django.db import DatabaseError, connections
+from django.db import connections
 from redis.exceptions import RedisError
 
 from tasks.queue import presence
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 # How often the thread looks at the worker; heartbeats are rarer (lease / 3).
 TICK_SECONDS = 0.25
-# How often SQLite's write-ahead log is checkpointed (see Recorder.checkpoint).
-CHECKPOINT_SECONDS = 1.0
 # Grace past a task's time limit before the watchdog is left to fire.
 LIMIT_GRACE_SECONDS = 5
 # The share of a lease not trusted: room for clock drift and rounding.
@@ -44,9 +43,36 @@ LEASE_MARGIN = 0.1
 lease_clock = partial(time.clock_gettime, time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
 
 
+class Snapshot(NamedTuple):
+    """What the heartbeat announces about its worker, and what its watchdog
+    needs: read in one go from the worker's state."""
+
+    stopping: bool
+    processed: int
+    failed: int
+    task: str | None  # the task running now
+    running_since: float | None  # its time.monotonic() start
+    time_limit: float | None  # the limit it runs under (None: unlimited)
+
+    def status_text(self):
+        return f"processed={self.processed} failed={self.failed} current={self.task or '-'}"
+
+
 class Heartbeat:
-    def __init__(self, worker):
-        self.worker = worker
+    """Leases and presence of one worker on its queues.
+
+    ``snapshot`` returns the worker's Snapshot; ``on_tick`` (optional) is
+    called on every tick of the thread, for housekeeping that must not wait
+    for the main loop (the recorder's WAL checkpoint).
+    """
+
+    def __init__(self, worker_id, queues, notifier, snapshot, on_tick=None):
+        self.worker_id = worker_id
+        self.queues = queues
+        self.client = queues[0].client
+        self.notifier = notifier
+        self.snapshot = snapshot
+        self.on_tick = on_tick
         self._exit = threading.Event()
         self._thread = None
         self._told_stopping = False
@@ -66,33 +92,32 @@ class Heartbeat:
 
     def beat(self, first=False):
         """Renew the worker's leases and presence (one round trip each)."""
-        worker = self.worker
         lease = mq_settings.MQ_LEASE_SECONDS
         sent = lease_clock()
-        if all([queue.register(worker.worker_id, lease, renew_only=not first) for queue in worker.queues]):
+        if all([queue.register(self.worker_id, lease, renew_only=not first) for queue in self.queues]):
             self.held(sent)
         else:
             # Lapsed: the process stalled, or Redis lost its data. Other workers
             # may have taken back the tasks in hand; the worker checks them.
-            logger.warning("event=lease_lapsed worker=%s", worker.worker_id)
+            logger.warning("event=lease_lapsed worker=%s", self.worker_id)
             self.epoch += 1
             try:
                 sent = lease_clock()
-                for queue in worker.queues:
-                    queue.register(worker.worker_id, lease)
+                for queue in self.queues:
+                    queue.register(self.worker_id, lease)
                 self.held(sent)
             finally:
                 self.epoch += 1
-        current = worker.current
+        snapshot = self.snapshot()
         info = {
-            "queues": worker.queue_names,
-            "processed": worker.processed,
-            "failed": worker.failed,
-            "current": current[0].task if current else None,
+            "queues": [queue.name for queue in self.queues],
+            "processed": snapshot.processed,
+            "failed": snapshot.failed,
+            "current": snapshot.task,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        presence.announce(worker.client, "worker", worker.worker_id, info, mq_settings.MQ_LEASE_SECONDS * 3)
+        presence.announce(self.client, "worker", self.worker_id, info, mq_settings.MQ_LEASE_SECONDS * 3)
 
     def start(self):
         self._thread = threading.Thread(target=self._run, name="mq-heartbeat", daemon=True)
@@ -109,7 +134,7 @@ class Heartbeat:
             if self._told_stopping:
                 return
             self._told_stopping = True
-        self.worker.notifier.stopping()
+        self.notifier.stopping()
 
     def _run(self):
         try:
@@ -118,29 +143,23 @@ class Heartbeat:
             connections.close_all()  # this thread's own database connection
 
     def _loop(self):
-        worker = self.worker
         interval = mq_settings.MQ_LEASE_SECONDS / 3
         next_beat = time.monotonic() + interval
-        next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
         while not self._exit.wait(TICK_SECONDS):
-            if time.monotonic() >= next_checkpoint:
-                next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-                try:
-                    worker.recorder.checkpoint()
-                except DatabaseError:
-                    pass  # the main loop reports database outages
-            if worker.stopping:
+            if self.on_tick is not None:
+                self.on_tick()
+            snapshot = self.snapshot()
+            if snapshot.stopping:
                 # Now, not when the running task ends: systemd is told at once.
                 self.tell_stopping()
-            current = worker.current
-            if current is not None:
-                limit = worker.time_limit_of(current[0].task)
-                if limit is None or time.monotonic() - current[1] < limit + LIMIT_GRACE_SECONDS:
-                    worker.notifier.watchdog()
+            if snapshot.task is not None:
+                limit = snapshot.time_limit
+                if limit is None or time.monotonic() - snapshot.running_since < limit + LIMIT_GRACE_SECONDS:
+                    self.notifier.watchdog()
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + interval
                 try:
                     self.beat()
-                    worker.notifier.status(worker.status_text())
+                    self.notifier.status(self.snapshot().status_text())
                 except RedisError:
                     pass  # the main loop reports Redis outages

@@ -1,15 +1,36 @@
-"""The outcome of one batch, as the worker hands it back to Redis.
+"""What became of each task of a batch, and what the batch hands back.
 
-Counters for /metrics travel with the acknowledgement, in the same round
-trip: outcomes, and task durations as histogram buckets.
+A Verdict is one task's end, decided once by the executor; the Ack gathers a
+batch of them into the two database writes and the one Redis round trip that
+acknowledge the batch. Counters for /metrics travel with the acknowledgement,
+in the same round trip: outcomes, and task durations as histogram buckets.
 """
 
-import random
 from bisect import bisect_left
+from typing import NamedTuple
 
+from tasks.backoff import backoff_delay
 from tasks.conf import mq_settings
+from tasks.queue.envelope import DeadLetter
+from tasks.queue.recorder import Outcome
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
+
+# Verdict names: the ``outcome=`` of the task_done log line and the
+# ``outcome:<name>`` counter of /metrics.
+SUCCEEDED, RETRIED, FAILED, DEAD = "succeeded", "retried", "failed", "dead"
+
+
+class Verdict(NamedTuple):
+    """One task's end. A named tuple: one is built per task on the hot path."""
+
+    name: str  # SUCCEEDED, RETRIED, FAILED or DEAD
+    record: Outcome  # the history row's new state (READY when a retry follows)
+    duration: float
+    # (raw item, next attempt's envelope, due unix time), for the delayed set
+    retry: tuple | None = None
+    retry_in: float | None = None  # seconds until that due time
+    dead_letter: DeadLetter | None = None  # the dead-letter list's entry
 
 
 class Ack:
@@ -20,6 +41,21 @@ class Ack:
         self.successes, self.failures = [], []
         self.stats = {}
 
+    def add(self, raw, verdict):
+        """A task that ran (or was given up): its item leaves the processing list."""
+        self.done.append(raw)
+        if verdict.name == SUCCEEDED:
+            self.successes.append(verdict.record)
+        else:
+            self.failures.append(verdict.record)
+        if verdict.retry is None:
+            self.finished_ids.append(verdict.record.id)
+        else:
+            self.retries.append(verdict.retry)
+        if verdict.dead_letter is not None:
+            self.dead.append(verdict.dead_letter)
+        self.count(verdict.name, verdict.duration)
+
     def count(self, verdict, duration):
         bucket = DURATION_BUCKETS[bisect_left(DURATION_BUCKETS, duration)]
         for name, amount in ((f"outcome:{verdict}", 1), (f"duration_bucket:{bucket}", 1), ("duration_sum", duration)):
@@ -27,8 +63,6 @@ class Ack:
 
 
 def retry_delay(attempt):
-    """Exponential backoff with jitter: half fixed, half random."""
-    # The exponent is capped: past ~1024 attempts 2 ** n no longer converts to
-    # a float, and the OverflowError would end the worker.
-    base = min(mq_settings.MQ_RETRY_MAX_SECONDS, mq_settings.MQ_RETRY_BASE_SECONDS * 2 ** min(attempt - 1, 64))
-    return base / 2 + random.uniform(0, base / 2)
+    """Seconds before the attempt after ``attempt`` (counted from 1)."""
+    return backoff_delay(attempt - 1, mq_settings.MQ_RETRY_BASE_SECONDS, mq_settings.MQ_RETRY_MAX_SECONDS, jitter=True)
+

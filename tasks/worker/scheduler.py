@@ -114,17 +114,3 @@ def _count_skipped(schedule, after, newest, fired):
     if due > cap:
         return f"{cap}+"
     return due - fired
-
-
-class ScheduleChore:
-    """The worker's pacing of fire_due: at most once per
-    MQ_SCHEDULE_INTERVAL_SECONDS, through the worker's database retry."""
-
-    def __init__(self):
-        self.next_at = 0.0  # the first call, at start-up, also creates missing rows
-
-    def maybe_run(self, monotonic_now, call_db):
-        if monotonic_now < self.next_at:
-            return []
-        self.next_at = monotonic_now + mq_settings.MQ_SCHEDULE_INTERVAL_SECONDS
-        return call_db(fire_due)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tasks.queue import keys
-from tasks.worker import loop as worker_module
+from tasks.worker import executor as worker_module
 from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
 from tasks.channel.publish import publish
 from tasks.worker.loop import Worker

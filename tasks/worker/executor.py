@@ -1,0 +1,330 @@
+"""Runs one batch of taken items, from classification to acknowledgement.
+
+A batch costs the database two statements however large it is (one
+UPDATE ... RETURNING claims it, one executemany records its successes) and
+Redis one script (ACK). Between them each task runs, and its end is decided
+by one method per verdict: succeeded, retry, failed or dead, each returning
+the Verdict the acknowledgement is built from. Outcomes are recorded before
+the items leave the processing list: a worker killed at any point loses
+nothing.
+
+Before a task runs, the executor makes sure the item is still this worker's
+(see _owns): a worker stalled past its lease may have lost its batch.
+"""
+
+import logging
+import time
+import traceback
+from dataclasses import replace
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
+from django.db import close_old_connections
+from redis.exceptions import RedisError
+
+from tasks import registry
+from tasks.compat import TaskContext
+from tasks.conf import mq_settings
+from tasks.exceptions import ForcedStop
+from tasks.logfmt import task_context
+from tasks.models import TaskStatus
+from tasks.queue.backend import context_result, new_task_id, to_json
+from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso
+from tasks.queue.recorder import Outcome
+from tasks.storable import printable, unstorable
+from tasks.worker.faults import fault_point
+from tasks.worker.heartbeat import lease_clock
+from tasks.worker.outcomes import DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
+from tasks.worker.timelimit import time_limit
+
+logger = logging.getLogger(__name__)
+
+
+class BatchExecutor:
+    """Runs batches for one worker, and counts what it ran.
+
+    ``db(fn, *args)`` retries a database call until the database answers;
+    ``clock()`` is the unix time retries are scheduled from; ``should_stop()``
+    says the worker was asked to stop, so the rest of a batch is left unrun.
+    """
+
+    def __init__(self, worker_id, recorder, heartbeat, db, clock, should_stop):
+        self.worker_id = worker_id
+        self.recorder = recorder
+        self.heartbeat = heartbeat
+        self.db = db
+        self.clock = clock
+        self.should_stop = should_stop
+        self.processed = 0
+        self.failed_count = 0
+        # (envelope, time.monotonic() start, time limit) of the running task,
+        # read by the heartbeat thread: replaced whole, never changed in place.
+        self.current = None
+        self._batch_options = {}
+        self._epoch = 0
+
+    def execute(self, queue, items, epoch):
+        """Run a batch taken from ``queue`` while the heartbeat was in ``epoch``;
+        return how many tasks ran."""
+        fault_point("after_take")
+        # As Django does around a request: drop a connection past CONN_MAX_AGE
+        # or broken by the previous batch, before this batch's statements.
+        close_old_connections()
+        self._batch_options = {}
+        self._epoch = epoch
+        runnable, bad = self._classify(queue, items)
+        attempts = self._claim([envelope for _, envelope in runnable])
+        ack = Ack()
+        self._reject(queue, bad, ack)
+
+        unrun, owned = [], True
+        for raw, envelope in runnable:
+            attempt = attempts.get(envelope.id)
+            stopping = self.should_stop()
+            if attempt is not None and owned and not stopping:
+                # Once one item is gone, all are: a recovery takes the whole list.
+                owned = self._owns(queue, raw)
+            if stopping or not owned:
+                if attempt is not None:
+                    unrun.append(envelope.id)
+                continue
+            if attempt is None:  # finished already: a duplicate delivery
+                ack.done.append(raw)
+                ack.finished_ids.append(envelope.id)
+                continue
+            verdict = self._run_to_verdict(raw, envelope, attempt)
+            ack.add(raw, verdict)
+            self._count_and_log(queue, envelope, attempt, verdict)
+
+        self.db(self.recorder.finish, ack.successes)
+        if ack.failures:
+            self.db(self.recorder.fail, ack.failures)
+        if unrun:
+            self.db(self.recorder.unclaim, unrun, self.worker_id)
+        fault_point("after_record")
+        queue.ack(
+            self.worker_id,
+            ack.done,
+            ack.finished_ids,
+            ack.retries,
+            ack.dead,
+            dead_max=mq_settings.MQ_DEAD_LETTER_MAX,
+            stats=ack.stats,
+        )
+        return len(runnable) - len(unrun)
+
+    # --- before running ------------------------------------------------------
+    def _classify(self, queue, items):
+        """(runnable, bad): pairs of (raw item, Envelope) and of (raw item,
+        BadMessage with an id, or None for a second delivery in the batch)."""
+        runnable, replacements, seen = [], [], set()
+        bad: list[tuple[bytes, BadMessage | None]] = []
+        for raw in items:
+            message = decode(raw, queue.name, mq_settings.MQ_MAX_MESSAGE_BYTES)
+            if isinstance(message, RawPayload):
+                message = self._wrap_raw(message, queue.name)
+                if isinstance(message, Envelope):
+                    replacements.append((raw, message))
+                    raw = message.encode()
+            elif isinstance(message, Envelope):
+                if registry.get(message.task) is None:
+                    reason = f"unknown task {message.task!r}: not registered with @task"
+                    message = BadMessage(reason, id=message.id, task=message.task)
+            elif not message.id:
+                message = replace(message, id=new_task_id())
+            if isinstance(message, BadMessage):
+                bad.append((raw, message))
+            elif message.id in seen:
+                bad.append((raw, None))  # the same delivery twice in one batch: run it once
+            else:
+                seen.add(message.id)
+                runnable.append((raw, message))
+        if replacements:
+            queue.replace_in_flight(self.worker_id, replacements)
+        return runnable, bad
+
+    def _wrap_raw(self, payload, queue_name):
+        """An Envelope for the queue's raw-message task, or a BadMessage."""
+        raw_task = mq_settings.MQ_RAW_MESSAGE_TASKS.get(queue_name)
+        if not raw_task or registry.get(raw_task) is None:
+            return BadMessage(f"not an mqsite envelope, and queue {queue_name!r} has no raw-message task", id=new_task_id())
+        return Envelope(id=new_task_id(), task=raw_task, queue=queue_name, args=[payload.text], enqueued_at=now_iso())
+
+    def _claim(self, envelopes):
+        if not envelopes:
+            return {}
+        ids = [envelope.id for envelope in envelopes]
+        attempts = self.db(self.recorder.claim, ids, self.worker_id)
+        missing = [envelope for envelope in envelopes if envelope.id not in attempts]
+        if missing:
+            # Pushed by a producer that wrote no row (the sweeper's resend of a
+            # finished task is told apart by its row being final already).
+            self.db(self.recorder.create_missing, missing)
+            attempts.update(self.db(self.recorder.claim, [e.id for e in missing], self.worker_id))
+        return attempts
+
+    def _reject(self, queue, bad, ack):
+        """Dead-letter what cannot run, with a DEAD history row."""
+        messages = []
+        for raw, message in bad:
+            ack.done.append(raw)
+            if message is not None:
+                ack.dead.append(DeadLetter.of(raw, message.reason, message.id, message.task, mq_settings.MQ_MAX_MESSAGE_BYTES))
+                ack.finished_ids.append(message.id)
+                messages.append(message)
+        if messages:
+            self.record_bad(queue, messages)
+
+    def record_bad(self, queue, messages):
+        """History rows (DEAD) for messages that cannot run, dead-lettered already
+        or about to be."""
+        messages = [m if m.id else replace(m, id=new_task_id()) for m in messages]
+        for message in messages:
+            logger.warning("event=bad_message queue=%s worker=%s task_id=%s reason=%r", queue.name, self.worker_id, message.id, message.reason)
+        self.db(self.recorder.record_bad, messages, queue.name, self.worker_id)
+
+    def _owns(self, queue, raw):
+        """Whether a taken item is still this worker's to run.
+
+        A worker stalled past its lease (stopped, or its heartbeat starved by
+        a task holding the GIL) may have lost its batch: another worker took
+        it back, and may have run it already. While the lease has been held
+        without a break since the take, the answer is yes without a round
+        trip; otherwise Redis says whether the item is still in this worker's
+        processing list, and renews the lease if so.
+        """
+        heartbeat = self.heartbeat
+        if heartbeat.holds(self._epoch):
+            return True
+        epoch, sent = heartbeat.epoch, lease_clock()
+        try:
+            held = queue.confirm_held(self.worker_id, raw, mq_settings.MQ_LEASE_SECONDS)
+        except RedisError as exc:
+            # Unknown is not ours: the rest of the batch is left to recovery.
+            logger.warning("event=lease_unconfirmed worker=%s queue=%s error=%r", self.worker_id, queue.name, str(exc))
+            return False
+        if not held:
+            logger.warning("event=batch_taken_back worker=%s queue=%s (its lease had lapsed)", self.worker_id, queue.name)
+        elif epoch % 2 == 0:  # not while the heartbeat takes a new lease
+            self._epoch = epoch
+            heartbeat.held(sent)
+        return held
+
+    def _options(self, task_path):
+        """(max_attempts, time_limit) of a task, read once per batch: settings
+        lookups are a visible share of a no-op task's cost."""
+        options = self._batch_options.get(task_path)
+        if options is None:
+            options = (mq_settings.task_option(task_path, "max_attempts"), mq_settings.task_option(task_path, "time_limit"))
+            self._batch_options[task_path] = options
+        return options
+
+    # --- running -------------------------------------------------------------
+    def _run_to_verdict(self, raw, envelope, attempt):
+        max_attempts, limit = self._options(envelope.task)
+        if attempt > max_attempts:
+            return self.dead(raw, envelope, attempt)
+        started_at = utcnow()
+        result, error = self._run(envelope, attempt, started_at, limit)
+        finished_at = utcnow()
+        if error is None:
+            return self.succeeded(envelope, started_at, finished_at, result)
+        if attempt < max_attempts:
+            return self.retry(raw, envelope, attempt, started_at, finished_at, error)
+        return self.failed(raw, envelope, started_at, finished_at, error)
+
+    def _run(self, envelope, attempt, started_at, limit):
+        """(result, None) or (None, error entry) of one run of the task."""
+        task = registry.get(envelope.task)
+        assert task is not None  # classify() turned unknown tasks into bad messages
+        self.current = (envelope, time.monotonic(), limit)
+        try:
+            with task_context(envelope.id, envelope.task), time_limit(limit):
+                if task.takes_context:
+                    running = context_result(task, envelope, attempt, self.worker_id, started_at)
+                    context: TaskContext = TaskContext(task_result=running)
+                    value = task.call(context, *envelope.args, **envelope.kwargs)
+                else:
+                    value = task.call(*envelope.args, **envelope.kwargs)
+                result = to_json(value)
+                problem = unstorable(result)
+                if problem:  # fail the run here, rather than the worker at the database write
+                    raise ValueError(f"the task's return value cannot be recorded: {problem}")
+            return result, None
+        except ForcedStop:
+            raise  # the operator's second signal ends the worker, not the task
+        except BaseException as exc:
+            # Whatever task code raises is its failure: sys.exit(), a
+            # KeyboardInterrupt (our SIGINT handler raises none), the time
+            # limit's exception. Let through, they ended the whole worker.
+            return None, self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
+        finally:
+            self.current = None
+            fault_point("after_run")
+
+    # --- one method per verdict ------------------------------------------------
+    def succeeded(self, envelope, started_at, finished_at, result):
+        record = Outcome(envelope.id, TaskStatus.SUCCESSFUL, started_at, finished_at, result=result)
+        return Verdict(SUCCEEDED, record, _seconds(started_at, finished_at))
+
+    def retry(self, raw, envelope, attempt, started_at, finished_at, error):
+        """Failed with attempts left: the next one waits in the delayed set,
+        and the row is READY again, keeping this attempt's error."""
+        delay = retry_delay(attempt)
+        record = Outcome(envelope.id, TaskStatus.READY, started_at, finished_at, error=error)
+        due = (raw, envelope.next_attempt(), self.clock() + delay)
+        return Verdict(RETRIED, record, _seconds(started_at, finished_at), retry=due, retry_in=delay)
+
+    def failed(self, raw, envelope, started_at, finished_at, error):
+        """Failed its last attempt: dead-lettered, the row FAILED."""
+        record = Outcome(envelope.id, TaskStatus.FAILED, started_at, finished_at, error=error)
+        dead_letter = DeadLetter.of(raw, error["exception"], envelope.id, envelope.task, mq_settings.MQ_MAX_MESSAGE_BYTES)
+        return Verdict(FAILED, record, _seconds(started_at, finished_at), dead_letter=dead_letter)
+
+    def dead(self, raw, envelope, attempt):
+        """Not run again: its earlier attempts never finished, so it may be
+        what keeps killing workers."""
+        now = utcnow()
+        reason = f"gave up after {attempt - 1} attempts; the last ones never finished (the worker was lost)"
+        error = self._error("mqsite.WorkerLost", reason, attempt)
+        record = Outcome(envelope.id, TaskStatus.DEAD, now, now, error=error)
+        dead_letter = DeadLetter.of(raw, error["exception"], envelope.id, envelope.task, mq_settings.MQ_MAX_MESSAGE_BYTES)
+        return Verdict(DEAD, record, 0.0, dead_letter=dead_letter)
+
+    def _count_and_log(self, queue, envelope, attempt, verdict):
+        self.processed += 1
+        if verdict.name == SUCCEEDED:
+            log, retry = logger.info, ""
+        else:
+            log, retry = logger.warning, "" if verdict.retry_in is None else f" retry_in={verdict.retry_in:.2f}"
+            if verdict.name != RETRIED:
+                self.failed_count += 1
+        log(
+            "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s%s",
+            envelope.id,
+            envelope.task,
+            queue.name,
+            self.worker_id,
+            attempt,
+            verdict.duration,
+            verdict.name,
+            retry,
+        )
+
+    # --- what the history keeps ---------------------------------------------------
+    def _error(self, exception, trace, attempt):
+        # printable: an exception's message, even its class's module name, may
+        # carry NUL or lone surrogates, which the history row cannot store.
+        return {"exception": printable(exception), "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+
+
+def utcnow():
+    return datetime.now(dt_timezone.utc)
+
+
+def _seconds(started_at, finished_at):
+    return (finished_at - started_at).total_seconds()
+
+
+def _traceback(exc):
+    return "".join(traceback.format_exception(exc))
