@@ -36,7 +36,10 @@ class TaskRecord(models.Model):
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, crashed runs included.")
     worker = models.CharField(max_length=100, blank=True, help_text="Worker of the latest attempt.")
     enqueued_at = models.DateTimeField(db_index=True)
-    run_after = models.DateTimeField(null=True, blank=True)
+    # Due time of a delayed task: run_after at enqueue, or the next retry.
+    run_after = models.DateTimeField("delayed until", null=True, blank=True)
+    # Higher is taken first within a queue (-100..100, the Tasks API's range).
+    priority = models.SmallIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)

@@ -32,6 +32,7 @@ class Outcome:
     finished_at: datetime
     result: object = None
     error: dict = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
+    retry_at: datetime = None  # when a failed run is retried: the row's new run_after
 
 
 class Recorder:
@@ -77,14 +78,14 @@ class Recorder:
         json_param = self._json_param()
         return (
             f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
-            f"enqueued_at, run_after, error, errors) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
-            f"%s, %s, '', {json_param})"
+            f"enqueued_at, run_after, error, errors, priority) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
+            f"%s, %s, '', {json_param}, %s)"
         )
 
     def _enqueued_rows(self, envelopes, backend_alias, now, run_after):
         enqueued_at, due = self._dt(now), self._dt(run_after) if run_after else None
         return [
-            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]")
+            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]", e.priority)
             for e in envelopes
         ]
 
@@ -169,6 +170,7 @@ class Recorder:
                     queue=e.queue,
                     args=e.args,
                     kwargs=e.kwargs,
+                    priority=e.priority,
                     enqueued_at=_parse_time(e.enqueued_at) or now,
                 )
                 for e in envelopes
@@ -208,7 +210,9 @@ class Recorder:
                 record.started_at = outcome.started_at
                 if outcome.status in FINAL_STATUSES:
                     record.finished_at = outcome.finished_at
-                record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+                if outcome.retry_at is not None:
+                    record.run_after = outcome.retry_at
+                record.save(update_fields=["status", "errors", "error", "started_at", "finished_at", "run_after"])
 
     def _unless_refused(self, write, outcomes):
         """write(outcomes); if the database refuses the batch, each outcome on

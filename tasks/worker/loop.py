@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from functools import partial
 
@@ -386,6 +386,7 @@ class Worker:
         elif outcome.status == TaskStatus.FAILED and attempt < self._options(envelope.task)[0]:
             outcome.status = TaskStatus.READY
             delay = retry_delay(attempt)
+            outcome.retry_at = outcome.finished_at + timedelta(seconds=delay)
             ack.failures.append(outcome)
             ack.retries.append((raw, envelope.next_attempt(), time.time() + delay))
             verdict, retry = "retried", f" retry_in={delay:.2f}"

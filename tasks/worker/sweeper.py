@@ -98,7 +98,7 @@ def _resend(queue, ids, now):
     rows = (
         TaskRecord.objects.filter(id__in=ids, status__in=OPEN_STATUSES)
         .order_by("enqueued_at", "id")
-        .values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts")
+        .values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts", "priority")
     )
     lost = []
     limit = mq_settings.MQ_MAX_MESSAGE_BYTES
@@ -111,6 +111,7 @@ def _resend(queue, ids, now):
             kwargs=row["kwargs"],
             enqueued_at=row["enqueued_at"].isoformat(),
             attempt=row["attempts"] + 1,
+            priority=row["priority"],
         )
         problem = oversized(envelope.encode(), limit)
         if problem:
