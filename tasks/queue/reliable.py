@@ -248,13 +248,15 @@ class ReliableQueue:
             for lane in lanes:
                 pipe.llen(lane)
             pipe.llen(self.key)
+            pipe.lindex(self.key, -1)
             pipe.llen(self.recovered_key)
             pipe.zcard(self.delayed_key)
             pipe.llen(self.dead_key)
             for worker_id in worker_ids:
                 pipe.llen(keys.processing(self.key, worker_id))
             replies = pipe.execute()
-        laned, (pending, recovered, delayed, dead, *in_flight) = replies[: len(lanes)], replies[len(lanes) :]
+        laned, (pending, tail, recovered, delayed, dead, *in_flight) = replies[: len(lanes)], replies[len(lanes) :]
+        pending -= tail == WAKE_TOKEN  # not a task (see scripts.LANES)
         return {"key": self.key, "pending": sum(laned) + pending + recovered, "in_flight": sum(in_flight), "delayed": delayed, "dead": dead}
 
     def oldest_pending_age(self, now=None):

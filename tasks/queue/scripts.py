@@ -46,8 +46,12 @@ end
 local function wake(queue, token)
   if redis.call('LLEN', queue) == 0 then redis.call('LPUSH', queue, token) end
 end
-local function pending_count(queue, lanes, prefix)
+-- The wake token is not counted: it waits at the tail, where it was pushed
+-- onto the empty list (a release may put items behind it: then it is
+-- counted, an error of one).
+local function pending_count(queue, lanes, prefix, token)
   local n = redis.call('LLEN', queue)
+  if n > 0 and redis.call('LINDEX', queue, -1) == token then n = n - 1 end
   for _, p in ipairs(redis.call('ZRANGE', lanes, 0, -1)) do
     n = n + redis.call('LLEN', prefix .. p)
   end
@@ -66,7 +70,7 @@ ENQUEUE = LANES + """
 -- ARGV[4..] = id, priority, envelope, id, priority, envelope, ...
 -- Returns how many items wait in all lanes.
 local limit = tonumber(ARGV[1])
-if limit > 0 and pending_count(KEYS[1], KEYS[3], ARGV[2]) + (#ARGV - 3) / 3 > limit then
+if limit > 0 and pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3]) + (#ARGV - 3) / 3 > limit then
   return -1
 end
 local laned = false
@@ -75,7 +79,7 @@ for i = 4, #ARGV, 3 do
   laned = push_lane(KEYS[1], KEYS[3], ARGV[2], tonumber(ARGV[i + 1]), ARGV[i + 2], 'LPUSH') or laned
 end
 if laned then wake(KEYS[1], ARGV[3]) end
-return pending_count(KEYS[1], KEYS[3], ARGV[2])
+return pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
 """
 
 # Why: a deep queue drains in batches, one round trip for many items. Items
