@@ -120,17 +120,21 @@ else
     if tonumber(p) < 0 then sources[#sources + 1] = {ARGV[4] .. p, p} end
   end
 end
-local s = 1
+-- The hot path: locals, not table lookups, for each item.
+local s, processing, token = 1, KEYS[2], ARGV[5]
+local list, member = sources[1][1], sources[1][2]
 local function take_one()
-  while s <= #sources do
-    local item = redis.call('LMOVE', sources[s][1], KEYS[2], 'RIGHT', 'LEFT')
-    if item == ARGV[5] then
-      redis.call('LPOP', KEYS[2])
+  while list do
+    local item = redis.call('LMOVE', list, processing, 'RIGHT', 'LEFT')
+    if item == token then
+      redis.call('LPOP', processing)
     elseif item then
       return item
     else
-      if sources[s][2] then redis.call('ZREM', KEYS[6], sources[s][2]) end
+      if member then redis.call('ZREM', KEYS[6], member) end
       s = s + 1
+      list, member = nil, nil
+      if sources[s] then list, member = sources[s][1], sources[s][2] end
     end
   end
   return false
