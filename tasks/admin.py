@@ -4,12 +4,13 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import Count
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
 from tasks.exceptions import QueueUnavailable
-from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord
+from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
 from tasks.queue.backend import purge_dead_letters, requeue
 
 
@@ -82,15 +83,48 @@ def _pretty_json(value):
     return format_html(PRE, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
 
 
+class PriorityFilter(admin.SimpleListFilter):
+    """Fixed choices: the field's own filter would read every distinct value,
+    a scan of the whole history on each changelist."""
+
+    title = "priority"
+    parameter_name = "priority"
+
+    def lookups(self, request, model_admin):
+        return [("above", "above 0"), ("zero", "0"), ("below", "below 0")]
+
+    def queryset(self, request, queryset):
+        lookup = {"above": {"priority__gt": 0}, "zero": {"priority": 0}, "below": {"priority__lt": 0}}.get(self.value() or "")
+        return queryset.filter(**lookup) if lookup else queryset
+
+
+class DelayedFilter(admin.SimpleListFilter):
+    """Tasks waiting for their run_after or their next retry."""
+
+    title = "delayed until"
+    parameter_name = "delayed"
+
+    def lookups(self, request, model_admin):
+        return [("later", "still delayed"), ("due", "due, not yet run")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "later":
+            return queryset.filter(status=TaskStatus.READY, run_after__gt=now)
+        if self.value() == "due":
+            return queryset.filter(status=TaskStatus.READY, run_after__lte=now)
+        return queryset
+
+
 @admin.register(TaskRecord)
 class TaskRecordAdmin(ReadOnlyAdmin):
-    list_display = ["id", "task_path", "queue", "status", "attempts", "worker", "enqueued_at", "finished_at"]
-    list_filter = ["status", "queue", "task_path"]
+    list_display = ["id", "task_path", "queue", "status", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at"]
+    list_filter = ["status", "queue", "task_path", PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]
     date_hierarchy = "enqueued_at"
     actions = ["requeue_tasks", "purge_dead_letters"]
     fieldsets = [
-        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "attempts", "worker"]}),
+        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "priority", "attempts", "worker"]}),
         ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
         ("Call", {"fields": ["call_args", "call_kwargs"]}),
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),

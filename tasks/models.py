@@ -65,7 +65,7 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
     def open_calls(self, ids):
         """What a resend needs of those rows still open, oldest first."""
         rows = self.open().filter(id__in=ids).order_by("enqueued_at", "id")
-        return rows.values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts")
+        return rows.values("id", "task_path", "args", "kwargs", "enqueued_at", "attempts", "priority")
 
     def give_up(self, ids, reason, now, **fields):
         """End the open rows among ``ids`` DEAD with ``reason``; finished rows stay."""
@@ -86,9 +86,10 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         """A worker's RUNNING rows go back to READY; the attempts stay counted."""
         return self.filter(worker=worker_id, status=TaskStatus.RUNNING).update(status=TaskStatus.READY)
 
-    def record_failure(self, task_id, status, entry, started_at, finished_at):
+    def record_failure(self, task_id, status, entry, started_at, finished_at, retry_at=None):
         """Add a failed attempt's ``entry`` to an open row and set its status
-        (READY when a retry follows); False if the row is gone or finished."""
+        (READY when a retry follows, due at ``retry_at``); False if the row is
+        gone or finished."""
         record = self.filter(id=task_id).first()
         if record is None or record.is_finished:
             return False
@@ -98,7 +99,9 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         record.started_at = started_at
         if status in FINAL_STATUSES:
             record.finished_at = finished_at
-        record.save(update_fields=["status", "errors", "error", "started_at", "finished_at"])
+        if retry_at is not None:
+            record.run_after = retry_at
+        record.save(update_fields=["status", "errors", "error", "started_at", "finished_at", "run_after"])
         return True
 
     def record_refusal(self, task_id, status, reason, started_at, finished_at, at):
@@ -155,7 +158,10 @@ class TaskRecord(models.Model):
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, crashed runs included.")
     worker = models.CharField(max_length=100, blank=True, help_text="Worker of the latest attempt.")
     enqueued_at = models.DateTimeField(db_index=True)
-    run_after = models.DateTimeField(null=True, blank=True)
+    # Due time of a delayed task: run_after at enqueue, or the next retry.
+    run_after = models.DateTimeField("delayed until", null=True, blank=True)
+    # Higher is taken first within a queue (-100..100, the Tasks API's range).
+    priority = models.SmallIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
@@ -208,10 +214,13 @@ class TaskRecord(models.Model):
             "queue": self.queue,
             "status": self.status,
             "attempts": self.attempts,
+            "priority": self.priority,
             "worker": self.worker,
             "enqueued_at": _iso(self.enqueued_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            # When a waiting task becomes due (run_after, or its next retry).
+            "run_after": _iso(self.run_after),
             "result": self.result,
             "error": self.error,
         }

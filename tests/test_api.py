@@ -65,13 +65,56 @@ def test_api_task_runs_and_status_reports_it(client):
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {
-        "id", "task", "queue", "status", "attempts", "worker", "enqueued_at", "started_at", "finished_at", "result", "error",
+        "id", "task", "queue", "status", "attempts", "priority", "worker", "enqueued_at", "started_at", "finished_at",
+        "run_after", "result", "error",
     }
     assert (body["id"], body["task"], body["queue"], body["status"], body["attempts"], body["worker"]) == (
         task_id, "tasks.tasks.add", "default", "SUCCESSFUL", 1, "api-worker",
     )
     assert (body["result"], body["error"]) == (5, "")
     assert body["enqueued_at"] <= body["started_at"] <= body["finished_at"]
+
+
+# --- priority and run_after (issue 10) ------------------------------------------------
+def test_enqueue_takes_a_priority_and_the_task_shows_it(client, redis_client):
+    task_id = post(client, "/api/tasks", {"task": "tasks.tasks.add", "args": [1, 2], "priority": 7}).json()["id"]
+    assert TaskRecord.objects.get(id=task_id).priority == 7
+    assert json.loads(redis_client.lindex(f"{{{QUEUE}}}:lane:7", 0))["id"] == task_id
+    body = client.get(f"/api/tasks/{task_id}", **AUTH).json()
+    assert (body["priority"], body["run_after"]) == (7, None)
+
+
+def test_priority_defaults_to_0(client):
+    task_id = post(client, "/api/tasks", {"task": "tasks.tasks.noop"}).json()["id"]
+    assert client.get(f"/api/tasks/{task_id}", **AUTH).json()["priority"] == 0
+
+
+@pytest.mark.parametrize("priority", [101, -101, 1.5, "5", True, None])
+def test_a_priority_out_of_range_is_400_and_changes_nothing(client, nothing_changed, priority):
+    response = post(client, "/api/tasks", {"task": "tasks.tasks.noop", "priority": priority})
+    assert_error(response, 400, "'priority' must be an integer from -100 to 100")
+
+
+def test_a_delayed_task_shows_when_it_is_due(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.tasks import noop
+
+    due = timezone.now() + timedelta(hours=1)
+    result = noop.using(run_after=due, priority=-3).enqueue()
+    body = client.get(f"/api/tasks/{result.id}", **AUTH).json()
+    assert (body["run_after"], body["priority"]) == (due.isoformat(), -3)
+
+
+def test_a_retry_shows_when_it_is_due(client, settings):
+    settings.MQ_MAX_ATTEMPTS = 3
+    settings.MQ_RETRY_BASE_SECONDS = 3600
+    task_id = post(client, "/api/tasks", {"task": "tasks.tasks.always_fails", "args": ["boom"]}).json()["id"]
+    Worker(burst=True, max_tasks=1).run()
+    body = client.get(f"/api/tasks/{task_id}", **AUTH).json()
+    assert body["status"] == "READY" and body["run_after"] > body["enqueued_at"]
 
 
 def test_failed_task_reports_its_error(client, settings):

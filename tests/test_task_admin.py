@@ -64,6 +64,24 @@ def test_changelist_search_filter_and_dates_render_for_superuser(admin_client):
     assert admin_client.get(CHANGELIST, {"task_path": "tasks.tasks.add", "queue": "default"}).status_code == 200
 
 
+def test_changelist_filters_by_priority_and_delay(admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    urgent = add.using(priority=5).enqueue(1, 2)
+    plain = add.enqueue(1, 2)
+    later = add.using(priority=-5, run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 2)
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "Priority" in page and "Delayed until" in page
+    by_priority = {value: admin_client.get(CHANGELIST, {"priority": value}).content.decode() for value in ("above", "zero", "below")}
+    assert urgent.id in by_priority["above"] and plain.id not in by_priority["above"] and later.id not in by_priority["above"]
+    assert plain.id in by_priority["zero"] and urgent.id not in by_priority["zero"]
+    assert later.id in by_priority["below"] and plain.id not in by_priority["below"]
+    delayed = admin_client.get(CHANGELIST, {"delayed": "later"}).content.decode()
+    assert later.id in delayed and urgent.id not in delayed and plain.id not in delayed
+
+
 def test_change_view_is_read_only_and_pretty_prints(admin_client, failed_write):
     row, _ = failed_write
     page = admin_client.get(f"{CHANGELIST}{row.id}/change/")

@@ -71,6 +71,7 @@ class RedisTaskBackend(BaseTaskBackend):
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
+    supports_priority = True  # honoured within a queue: keys.lane
 
     def validate_task(self, task):
         super().validate_task(task)
@@ -95,6 +96,7 @@ class RedisTaskBackend(BaseTaskBackend):
                 args=to_json(args),
                 kwargs=to_json(kwargs),
                 enqueued_at=now.isoformat(),
+                priority=int(task.priority),
             )
             for args, kwargs in calls
         ]
@@ -198,7 +200,13 @@ def requeue(record):
     if before is None:
         return False
     envelope = Envelope(
-        id=record.id, task=record.task_path, queue=record.queue, args=record.args, kwargs=record.kwargs, enqueued_at=now.isoformat()
+        id=record.id,
+        task=record.task_path,
+        queue=record.queue,
+        args=record.args,
+        kwargs=record.kwargs,
+        enqueued_at=now.isoformat(),
+        priority=record.priority,
     )
 
     def push():  # a def, not a partial: see deliver() in enqueue_many

@@ -36,6 +36,7 @@ def enqueue_once(task, calls, now=None):
             args=to_json(list(args)),
             kwargs=to_json(dict(kwargs)),
             enqueued_at=now.isoformat(),
+            priority=int(task.priority),
         )
         for task_id, args, kwargs in calls
     ]

@@ -20,6 +20,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # whole, yet is recorded under its own id (scripts.TAKE_BATCH reads it so too).
 HEAD_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
 
+# The Tasks API's priority range; a higher one is taken first (keys.lane).
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -30,20 +33,22 @@ class Envelope:
     kwargs: dict = field(default_factory=dict)
     enqueued_at: str = ""
     attempt: int = 1
+    priority: int = 0
 
     def encode(self):
-        return json.dumps(
-            {
-                "id": self.id,
-                "task": self.task,
-                "queue": self.queue,
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "enqueued_at": self.enqueued_at,
-                "attempt": self.attempt,
-            },
-            separators=(",", ":"),
-        )
+        data = {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "enqueued_at": self.enqueued_at,
+            "attempt": self.attempt,
+        }
+        if self.priority:
+            # Only when not 0: the common message, and the seed's, stay as they were.
+            data["priority"] = self.priority
+        return json.dumps(data, separators=(",", ":"))
 
     def next_attempt(self):
         return replace(self, attempt=self.attempt + 1)
@@ -153,6 +158,9 @@ def _envelope_from(data, queue_name):
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return BadMessage("args must be a list and kwargs an object", id=task_id, task=task)
     attempt = data.get("attempt", 1)
+    priority = data.get("priority", 0)
+    if not valid_priority(priority):
+        return BadMessage(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}", id=task_id, task=task)
     return Envelope(
         id=task_id,
         task=task,
@@ -161,4 +169,9 @@ def _envelope_from(data, queue_name):
         kwargs=kwargs,
         enqueued_at=str(data.get("enqueued_at", "")),
         attempt=attempt if isinstance(attempt, int) and attempt > 0 else 1,
+        priority=priority,
     )
+
+
+def valid_priority(value):
+    return type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY

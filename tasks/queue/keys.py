@@ -25,6 +25,22 @@ def recovered(queue_key):
     return f"{{{queue_key}}}:recovered"
 
 
+def lane(queue_key, priority):
+    """List of the waiting items of one priority. Priority 0 is the queue key
+    itself, so a foreign producer's raw LPUSH (and the seed's key) is priority 0."""
+    return queue_key if priority == 0 else f"{lane_prefix(queue_key)}{priority}"
+
+
+def lane_prefix(queue_key):
+    """What a non-zero lane's key starts with; the Lua scripts append the priority."""
+    return f"{{{queue_key}}}:lane:"
+
+
+def lanes(queue_key):
+    """Sorted set of the non-zero priorities whose lanes may hold items (score = priority)."""
+    return f"{{{queue_key}}}:lanes"
+
+
 def stats(queue_key):
     """Hash of counters (outcomes, durations) summed over all workers, for /metrics."""
     return f"{{{queue_key}}}:stats"

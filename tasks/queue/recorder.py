@@ -38,6 +38,7 @@ class Outcome:
     finished_at: datetime
     result: object = None
     error: dict | None = field(default=None)  # {"exception", "traceback", "attempt", "worker", "at"}
+    retry_at: datetime | None = None  # when a failed run is retried: the row's new run_after
 
 
 class Recorder:
@@ -84,14 +85,14 @@ class Recorder:
         json_param = self._json_param()
         return (
             f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
-            f"enqueued_at, run_after, error, errors) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
-            f"%s, %s, '', {json_param})"
+            f"enqueued_at, run_after, error, errors, priority) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
+            f"%s, %s, '', {json_param}, %s)"
         )
 
     def _enqueued_rows(self, envelopes, backend_alias, now, run_after):
         enqueued_at, due = self._dt(now), self._dt(run_after) if run_after else None
         return [
-            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]")
+            (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]", e.priority)
             for e in envelopes
         ]
 
@@ -187,6 +188,7 @@ class Recorder:
                     queue=e.queue,
                     args=e.args,
                     kwargs=e.kwargs,
+                    priority=e.priority,
                     enqueued_at=_parse_time(e.enqueued_at) or now,
                 )
                 for e in envelopes
@@ -217,7 +219,7 @@ class Recorder:
     def _fail(self, outcomes):
         with transaction.atomic(using=self.using):
             for outcome in outcomes:
-                self.rows.record_failure(outcome.id, outcome.status, outcome.error, outcome.started_at, outcome.finished_at)
+                self.rows.record_failure(outcome.id, outcome.status, outcome.error, outcome.started_at, outcome.finished_at, outcome.retry_at)
 
     def _unless_refused(self, write, outcomes):
         """write(outcomes); if the database refuses the batch, each outcome on

@@ -20,6 +20,12 @@ from tasks.queue import scripts
 from tasks.queue.envelope import DEAD_EXCERPT_BYTES, now_iso
 
 
+# Left on the queue list when a priority item arrives there is empty, so that
+# a worker blocked on that list wakes at once (scripts.LANES). Not JSON, so no
+# release of mqsite takes it for a task; every take drops it.
+WAKE_TOKEN = b"mq:wake"
+
+
 def _refusal(queue_name, exc):
     if isinstance(exc, RedisTimeoutError):
         return DeliveryUncertain(f"Redis did not answer in time for queue {queue_name!r}: {exc}")
@@ -40,12 +46,15 @@ class ReliableQueue:
         self.sweep_lock_key = keys.sweep_lock(key)
         self.sweep_cursor_key = keys.sweep_cursor(key)
         self.sweep_suspects_key = keys.sweep_suspects(key)
+        self.lanes_key = keys.lanes(key)
+        self.lane_prefix = keys.lane_prefix(key)
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._take = client.register_script(scripts.TAKE_BATCH)
         self._recover = client.register_script(scripts.RECOVER)
         self._promote = client.register_script(scripts.PROMOTE_DUE)
         self._ack = client.register_script(scripts.ACK)
         self._confirm = client.register_script(scripts.CONFIRM_HELD)
+        self._release = client.register_script(scripts.RELEASE)
 
     # --- producers -------------------------------------------------------
     def push(self, envelopes, max_length=None, payloads=None):
@@ -53,11 +62,11 @@ class ReliableQueue:
         (DeliveryUncertain if Redis did not answer in time). ``payloads`` are
         their encodings, when the caller has them already."""
         payloads = payloads or [envelope.encode() for envelope in envelopes]
-        argv = [max_length or 0]
+        argv = [max_length or 0, self.lane_prefix, WAKE_TOKEN]
         for envelope, payload in zip(envelopes, payloads):
-            argv += [envelope.id, payload]
+            argv += [envelope.id, envelope.priority, payload]
         try:
-            length = self._enqueue(keys=[self.key, self.ids_key], args=argv)
+            length = self._enqueue(keys=[self.key, self.ids_key, self.lanes_key], args=argv)
         except RedisError as exc:
             raise _refusal(self.name, exc) from exc
         if length == -1:
@@ -82,14 +91,24 @@ class ReliableQueue:
         and out of the sweeper's index, and come back as (size, task id or "").
         """
         items, oversized = self._take(
-            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key],
-            args=[max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES],
+            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key, self.lanes_key],
+            args=[max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES, self.lane_prefix, WAKE_TOKEN],
         )
         return items, [(size, task_id.decode()) for size, task_id in oversized]
 
     def take_blocking(self, worker_id, timeout):
-        """Wait up to ``timeout`` seconds for one item; None if none came."""
-        return self.client.blmove(self.key, keys.processing(self.key, worker_id), timeout, "RIGHT", "LEFT")
+        """Wait up to ``timeout`` seconds for one item; None if none came.
+
+        Only the priority 0 lane can be waited on. None too when what came
+        was a wake token: a higher lane got an item, which the caller's next
+        batch take finds first.
+        """
+        processing = keys.processing(self.key, worker_id)
+        item = self.client.blmove(self.key, processing, timeout, "RIGHT", "LEFT")
+        if item == WAKE_TOKEN:
+            self.client.lrem(processing, 1, WAKE_TOKEN)
+            return None
+        return item
 
     def replace_in_flight(self, worker_id, replacements):
         """Swap taken raw payloads for the envelopes that now carry them."""
@@ -127,7 +146,9 @@ class ReliableQueue:
 
     def promote_due(self, now=None, limit=1000):
         """Move due delayed items onto the queue; return the next due time or None."""
-        next_due = self._promote(keys=[self.delayed_key, self.key], args=[now or time.time(), limit])
+        next_due = self._promote(
+            keys=[self.delayed_key, self.key, self.lanes_key], args=[now or time.time(), limit, self.lane_prefix, WAKE_TOKEN]
+        )
         return float(next_due) if next_due is not None else None
 
     def register(self, worker_id, lease_seconds, renew_only=False):
@@ -150,8 +171,12 @@ class ReliableQueue:
         return held == 1
 
     def release(self, worker_id):
-        """Return a stopping worker's untouched items to the queue; deregister it."""
-        moved = self._recover_one(worker_id, self.key, force=True)
+        """Return a stopping worker's untouched items to their lanes, to be taken
+        next; deregister it."""
+        moved = self._release(
+            keys=[self.key, keys.processing(self.key, worker_id), self.workers_key, self.lanes_key],
+            args=[worker_id, self.lane_prefix, WAKE_TOKEN],
+        )
         self.client.delete(keys.lease(self.key, worker_id))
         return moved
 
@@ -238,15 +263,21 @@ class ReliableQueue:
 
     def counts(self):
         worker_ids = [w.decode() for w in self.client.smembers(self.workers_key)]
+        lanes = self.other_lanes()
         with self.client.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.llen(lane)
             pipe.llen(self.key)
+            pipe.lindex(self.key, -1)
             pipe.llen(self.recovered_key)
             pipe.zcard(self.delayed_key)
             pipe.llen(self.dead_key)
             for worker_id in worker_ids:
                 pipe.llen(keys.processing(self.key, worker_id))
-            pending, recovered, delayed, dead, *in_flight = pipe.execute()
-        return {"key": self.key, "pending": pending + recovered, "in_flight": sum(in_flight), "delayed": delayed, "dead": dead}
+            replies = pipe.execute()
+        laned, (pending, tail, recovered, delayed, dead, *in_flight) = replies[: len(lanes)], replies[len(lanes) :]
+        pending -= tail == WAKE_TOKEN  # not a task (see scripts.LANES)
+        return {"key": self.key, "pending": sum(laned) + pending + recovered, "in_flight": sum(in_flight), "delayed": delayed, "dead": dead}
 
     def oldest_pending_age(self, now=None):
         """Seconds the oldest waiting task has waited since it was enqueued:
@@ -258,9 +289,10 @@ class ReliableQueue:
         run_after task counts from its first enqueue: its envelope keeps that time.
         """
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.lindex(self.key, -1)
-            pipe.lindex(self.recovered_key, -1)
-            tails = [item for item in pipe.execute() if item is not None]
+            for lane in [self.key, self.recovered_key, *self.other_lanes()]:
+                pipe.lrange(lane, -2, -1)  # two: a wake token may sit at a tail
+            tails = [next((i for i in reversed(last) if i != WAKE_TOKEN), None) for last in pipe.execute()]
+            tails = [item for item in tails if item is not None]
         if not tails:
             return 0.0
         times = [_enqueued_at(item) for item in tails]
@@ -268,6 +300,10 @@ class ReliableQueue:
             return None
         now = time.time() if now is None else now
         return max(0.0, now - min(times))
+
+    def other_lanes(self):
+        """Keys of the non-zero priority lanes that may hold items, highest first."""
+        return [keys.lane(self.key, int(p)) for p in self.client.zrevrange(self.lanes_key, 0, -1)]
 
     def dead_letters(self, start=0, stop=99):
         return [json.loads(entry) for entry in self.client.lrange(self.dead_key, start, stop)]

@@ -14,50 +14,143 @@ local function dead_entry(reason, id, task, worker, at, item)
 end
 """
 
+# --- priority lanes -----------------------------------------------------------
+# Why lanes, not one sorted set: each priority keeps a plain list, so FIFO
+# within a priority, BLMOVE and the batch take all work as on the single
+# list, and priority 0 (the common case, and any raw LPUSH) is the queue key
+# itself. Non-zero lanes are ``<lane prefix><priority>`` (keys.lane), in the
+# queue's hash slot; the scripts build their names, so they are not in KEYS:
+# Redis Cluster allows that within the slot the declared keys hash to. The
+# ``lanes`` sorted set names the non-zero lanes that may hold items.
+# A worker blocks (BLMOVE) on the queue key alone: a push into another lane
+# while that key is empty also leaves a wake token there, which the worker
+# drops before taking a batch (reliable.take_blocking), so a priority task on
+# an idle queue waits no longer than any other.
+LANES = """
+local function priority_of(item)
+  -- Only envelopes that name a priority are decoded (retries and resends
+  -- go through here; the common item is not parsed).
+  if not string.find(item, '"priority"', 1, true) then return 0 end
+  local ok, data = pcall(cjson.decode, item)
+  if not ok or type(data) ~= 'table' then return 0 end
+  local p = data['priority']
+  if type(p) ~= 'number' or p ~= math.floor(p) or p < -100 or p > 100 then return 0 end
+  return p
+end
+local function lane_key(queue, prefix, priority)
+  if priority == 0 then return queue end
+  return prefix .. priority
+end
+-- side: 'LPUSH' to queue behind the others, 'RPUSH' to be taken next.
+-- Returns true when the item went into a non-zero lane.
+local function push_lane(queue, lanes, prefix, priority, item, side)
+  redis.call(side, lane_key(queue, prefix, priority), item)
+  if priority ~= 0 then
+    redis.call('ZADD', lanes, priority, priority)
+    return true
+  end
+  return false
+end
+local function wake(queue, token)
+  if redis.call('LLEN', queue) == 0 then redis.call('LPUSH', queue, token) end
+end
+-- The wake token is not counted: it waits at the tail, where it was pushed
+-- onto the empty list (a release may put items behind it: then it is
+-- counted, an error of one).
+local function pending_count(queue, lanes, prefix, token)
+  local n = redis.call('LLEN', queue)
+  if n > 0 and redis.call('LINDEX', queue, -1) == token then n = n - 1 end
+  for _, p in ipairs(redis.call('ZRANGE', lanes, 0, -1)) do
+    n = n + redis.call('LLEN', prefix .. p)
+  end
+  return n
+end
+"""
+
 # Why: a producer's push and the sweeper's index must never disagree, and
 # "queue full" must be decided atomically with the push.
-ENQUEUE = """
--- KEYS[1] = queue list
+ENQUEUE = LANES + """
+-- KEYS[1] = queue list (the priority 0 lane)
 -- KEYS[2] = task id set (the sweeper's index)
--- ARGV[1] = maximum queue length, 0 for unbounded
--- ARGV[2..] = id, envelope, id, envelope, ...
+-- KEYS[3] = lanes sorted set
+-- ARGV[1] = maximum queue length (all lanes), 0 for unbounded
+-- ARGV[2] = lane prefix, ARGV[3] = wake token
+-- ARGV[4..] = id, priority, envelope, id, priority, envelope, ...
+-- Returns how many items wait in all lanes.
 local limit = tonumber(ARGV[1])
-if limit > 0 and redis.call('LLEN', KEYS[1]) + (#ARGV - 1) / 2 > limit then
+if limit > 0 and pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3]) + (#ARGV - 3) / 3 > limit then
   return -1
 end
-for i = 2, #ARGV, 2 do
+local laned = false
+for i = 4, #ARGV, 3 do
   redis.call('SADD', KEYS[2], ARGV[i])
-  redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+  laned = push_lane(KEYS[1], KEYS[3], ARGV[2], tonumber(ARGV[i + 1]), ARGV[i + 2], 'LPUSH') or laned
 end
-return redis.call('LLEN', KEYS[1])
+if laned then wake(KEYS[1], ARGV[3]) end
+return pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
 """
 
 # Why: a deep queue drains in batches, one round trip for many items. Items
 # over the size limit go straight to the dead list inside Redis, so a worker
 # never holds them in memory; only their sizes and ids come back. An item recovered
 # from a dead worker is taken alone: if it is what killed that worker, it
-# must not take a batch of innocent tasks down with it again.
-TAKE_BATCH = DEAD_ENTRY + """
+# must not take a batch of innocent tasks down with it again. Otherwise the
+# lanes are taken highest priority first (positive lanes, the queue list,
+# negative lanes); a lane found empty leaves the lanes set. A wake token
+# taken on the way is dropped (see LANES).
+TAKE_BATCH = DEAD_ENTRY + LANES + """
 -- KEYS[1] = queue list
 -- KEYS[2] = this worker's processing list
 -- KEYS[3] = dead-letter list
 -- KEYS[4] = recovered list (items of dead workers)
 -- KEYS[5] = task id set (the sweeper's index)
+-- KEYS[6] = lanes sorted set
 -- ARGV[1] = most items to take
 -- ARGV[2] = largest item in bytes
 -- ARGV[3] = ISO time, for the dead-letter entry
 -- ARGV[4] = worker id, for the dead-letter entry
 -- ARGV[5] = bytes of an oversized item the dead-letter entry keeps
+-- ARGV[6] = lane prefix, ARGV[7] = wake token
 -- Returns {items, {{size, id}, ...}}: the id an oversized envelope starts
 -- with (envelope.HEAD_ID), or '', so that its own row records the outcome.
 local items, oversized = {}, {}
 local limit = tonumber(ARGV[2])
-local source, count = KEYS[1], tonumber(ARGV[1])
+local count = tonumber(ARGV[1])
+-- sources[k] = {list, lane member or false}
+local sources = {}
 if redis.call('LLEN', KEYS[4]) > 0 then
-  source, count = KEYS[4], 1
+  sources, count = {{KEYS[4], false}}, 1
+else
+  local lanes = redis.call('ZREVRANGE', KEYS[6], 0, -1)
+  for _, p in ipairs(lanes) do
+    if tonumber(p) > 0 then sources[#sources + 1] = {ARGV[6] .. p, p} end
+  end
+  sources[#sources + 1] = {KEYS[1], false}
+  for _, p in ipairs(lanes) do
+    if tonumber(p) < 0 then sources[#sources + 1] = {ARGV[6] .. p, p} end
+  end
+end
+-- The hot path: locals, not table lookups, for each item.
+local s, processing, token = 1, KEYS[2], ARGV[7]
+local list, member = sources[1][1], sources[1][2]
+local function take_one()
+  while list do
+    local item = redis.call('LMOVE', list, processing, 'RIGHT', 'LEFT')
+    if item == token then
+      redis.call('LPOP', processing)
+    elseif item then
+      return item
+    else
+      if member then redis.call('ZREM', KEYS[6], member) end
+      s = s + 1
+      list, member = nil, nil
+      if sources[s] then list, member = sources[s][1], sources[s][2] end
+    end
+  end
+  return false
 end
 for i = 1, count do
-  local item = redis.call('LMOVE', source, KEYS[2], 'RIGHT', 'LEFT')
+  local item = take_one()
   if not item then break end
   if #item > limit then
     redis.call('LPOP', KEYS[2])
@@ -132,9 +225,9 @@ return counts[1]
 # Why: two workers may both notice that a third one died; only one of them
 # must move its in-flight items back, and only if the lease is really gone.
 # A dead worker's items go to the recovered list (taken one at a time); a
-# worker stopping gracefully returns its untouched items to the queue itself.
+# worker stopping gracefully returns its untouched items with RELEASE.
 RECOVER = """
--- KEYS[1] = destination list (the recovered list, or the queue)
+-- KEYS[1] = destination list (the recovered list)
 -- KEYS[2] = the worker's processing list
 -- KEYS[3] = the worker's lease
 -- KEYS[4] = the queue's worker set
@@ -171,18 +264,49 @@ return 1
 """
 
 # Why: moving due items and removing them from the set must be one step, or
-# two workers promoting at once would run a task twice.
-PROMOTE_DUE = """
+# two workers promoting at once would run a task twice. Each goes to the lane
+# of the priority its envelope names (0 for anything else).
+PROMOTE_DUE = LANES + """
 -- KEYS[1] = delayed sorted set
 -- KEYS[2] = queue list
+-- KEYS[3] = lanes sorted set
 -- ARGV[1] = now (unix seconds)
 -- ARGV[2] = most items to move
+-- ARGV[3] = lane prefix, ARGV[4] = wake token
 -- Returns the due time of the earliest item left, or false.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local laned = false
 for _, item in ipairs(due) do
   redis.call('ZREM', KEYS[1], item)
-  redis.call('LPUSH', KEYS[2], item)
+  laned = push_lane(KEYS[2], KEYS[3], ARGV[3], priority_of(item), item, 'LPUSH') or laned
 end
+if laned then wake(KEYS[2], ARGV[4]) end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return nxt[2]
+"""
+
+# Why: a worker stopping gracefully returns its untouched items each to the
+# tail of its own lane, to be taken next within its priority. They do not go
+# to the recovered list: that one is taken an item at a time, for items that
+# may have killed a worker, and these never ran. Atomic, like RECOVER, so no
+# item is both returned and still held.
+RELEASE = LANES + """
+-- KEYS[1] = queue list
+-- KEYS[2] = the worker's processing list
+-- KEYS[3] = the queue's worker set
+-- KEYS[4] = lanes sorted set
+-- ARGV[1] = worker id, ARGV[2] = lane prefix, ARGV[3] = wake token
+local moved, laned = 0, false
+-- Newest first onto the tails, so the oldest in-flight item is taken first.
+while true do
+  local item = redis.call('LPOP', KEYS[2])
+  if not item then break end
+  if item ~= ARGV[3] then
+    laned = push_lane(KEYS[1], KEYS[4], ARGV[2], priority_of(item), item, 'RPUSH') or laned
+    moved = moved + 1
+  end
+end
+if laned then wake(KEYS[1], ARGV[3]) end
+redis.call('SREM', KEYS[3], ARGV[1])
+return moved
 """

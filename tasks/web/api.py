@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from tasks.channel import publish as pubsub
 from tasks import registry
+from tasks.queue.envelope import MAX_PRIORITY, MIN_PRIORITY, valid_priority
 from tasks.conf import mq_settings
 from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, Unavailable
 from tasks.web.health import check_all
@@ -31,7 +32,7 @@ from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-TASK_FIELDS = {"task", "args", "kwargs"}
+TASK_FIELDS = {"task", "args", "kwargs", "priority"}
 MESSAGE_FIELDS = {"data", "channel"}
 
 
@@ -139,6 +140,7 @@ def create_task(request, client, payload):
     if task is None:
         raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
     _check_arguments(task, args, kwargs)
+    task = _with_priority(task, payload)
     try:
         result = task.enqueue(*args, **kwargs)
     except MessageTooLarge as exc:  # checked before the row is written
@@ -149,6 +151,16 @@ def create_task(request, client, payload):
     response = JsonResponse({"id": result.id}, status=202)
     response["Location"] = reverse("tasks:api-task", args=[result.id])
     return response
+
+
+def _with_priority(task, payload):
+    """The task at the request's ``priority``, or at its own when none is given."""
+    if "priority" not in payload:
+        return task
+    priority = payload["priority"]
+    if not valid_priority(priority):
+        raise ApiError(400, f"'priority' must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+    return task.using(priority=priority)
 
 
 def _check_arguments(task, args, kwargs):

@@ -271,8 +271,12 @@ class BatchExecutor:
         """Failed with attempts left: the next one waits in the delayed set,
         and the row is READY again, keeping this attempt's error."""
         delay = retry_delay(attempt)
-        record = Outcome(envelope.id, TaskStatus.READY, started_at, finished_at, error=error)
-        due = (raw, envelope.next_attempt(), self.clock() + delay)
+        due_at = self.clock() + delay
+        record = Outcome(
+            envelope.id, TaskStatus.READY, started_at, finished_at, error=error,
+            retry_at=datetime.fromtimestamp(due_at, dt_timezone.utc),
+        )
+        due = (raw, envelope.next_attempt(), due_at)
         return Verdict(RETRIED, record, _seconds(started_at, finished_at), retry=due, retry_in=delay)
 
     def failed(self, raw, envelope, started_at, finished_at, error):

@@ -95,6 +95,7 @@ def _resend(queue, ids, now):
             kwargs=row["kwargs"],
             enqueued_at=row["enqueued_at"].isoformat(),
             attempt=row["attempts"] + 1,
+            priority=row["priority"],
         )
         problem = oversized(envelope.encode(), limit)
         if problem:
