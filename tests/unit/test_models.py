@@ -154,10 +154,12 @@ def test_as_api_dict_is_the_documented_shape():
         "queue": "default",
         "status": "SUCCESSFUL",
         "attempts": 1,
+        "priority": 0,
         "worker": "w",
         "enqueued_at": T0.isoformat(),
         "started_at": T0.isoformat(),
         "finished_at": None,
+        "run_after": None,
         "result": 3,
         "error": "",
     }
