@@ -71,6 +71,16 @@ DEFAULTS = {
     "MQ_SCHEDULE_MISFIRE_GRACE_SECONDS": 60.0,
     # catch_up="all": at most this many missed ticks are fired after an outage.
     "MQ_SCHEDULE_CATCH_UP_MAX": 1000,
+    # Retention: finished history rows older than this many days are deleted
+    # by the workers' chores (tasks/worker/retention.py); None keeps them for ever.
+    "MQ_HISTORY_RETENTION_DAYS": None,
+    # How often the workers (one at a time, fleet-wide) prune.
+    "MQ_PRUNE_INTERVAL_SECONDS": 300.0,
+    # Rows per DELETE: each batch is its own short transaction.
+    "MQ_PRUNE_BATCH_SIZE": 500,
+    # Batches per table in one chore run, so a worker is never held up for
+    # long; a run that stops at the cap goes on at the worker's next turn.
+    "MQ_PRUNE_MAX_BATCHES": 20,
     # Test-only fault injection (see tasks/faults.py); never set in production.
     "MQ_FAULT": "",
 }

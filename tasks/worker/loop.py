@@ -40,6 +40,7 @@ from tasks.sdnotify import SystemdNotifier
 from tasks.storable import printable, unstorable
 from tasks.worker.sweeper import sweep
 from tasks.worker.scheduler import ScheduleChore  # issue 10 hook
+from tasks.worker.retention import RetentionChore  # issue 11 hook (retention)
 from tasks.exceptions import ForcedStop, QueueUnavailable
 from tasks.worker.timelimit import install_time_limit_handler, time_limit
 
@@ -74,6 +75,7 @@ class Worker:
         self._epoch = 0  # the heartbeat's epoch when the batch in hand was taken
         self.heartbeat = Heartbeat(self)
         self.schedules = ScheduleChore()  # issue 10 hook: periodic tasks
+        self.retention = RetentionChore(self.queues[0])  # issue 11 hook: MQ_HISTORY_RETENTION_DAYS
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -170,6 +172,7 @@ class Worker:
                 )
         # issue 10 hook: fire the periodic tasks that fell due (tasks/worker/scheduler.py).
         self.schedules.maybe_run(now, self._db)
+        self.retention.maybe_run(now, self._db)  # issue 11 hook: prune history (tasks/worker/retention.py)
 
     def _take(self):
         """(queue, items) to process; None when a burst run is done."""
