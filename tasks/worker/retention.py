@@ -9,6 +9,7 @@ goes on at its next turns of the loop while its lock lasts.
 """
 
 import logging
+from functools import partial
 
 from tasks.conf import mq_settings
 from tasks.retention import cutoff_for, prune
@@ -33,7 +34,8 @@ class RetentionChore:
             if not self.queue.try_prune_lock(interval):
                 return None
             self.lock_until = now + interval
-        report = call_db(prune, cutoff_for(days), max_batches=mq_settings.MQ_PRUNE_MAX_BATCHES)
+        # call_db (the worker's database retry) passes positional arguments only.
+        report = call_db(partial(prune, max_batches=mq_settings.MQ_PRUNE_MAX_BATCHES), cutoff_for(days))
         if any(report.deleted.values()):
             figures = " ".join(f"{label}={rows}" for label, rows in report.deleted.items())
             logger.info("event=history_pruned days=%s more=%s %s", days, report.more, figures)
