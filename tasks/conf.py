@@ -78,9 +78,9 @@ DEFAULTS = {
     "MQ_PRUNE_INTERVAL_SECONDS": 300.0,
     # Rows per DELETE: each batch is its own short transaction.
     "MQ_PRUNE_BATCH_SIZE": 500,
-    # Batches per table in one chore run, so a worker is never held up for
-    # long; a run that stops at the cap goes on at the worker's next turn.
-    "MQ_PRUNE_MAX_BATCHES": 20,
+    # Batches per table in one chore run (~30 ms each), so a worker is never
+    # held up for long; a run that stops at the cap goes on a second later.
+    "MQ_PRUNE_MAX_BATCHES": 4,
     # Test-only fault injection (see tasks/faults.py); never set in production.
     "MQ_FAULT": "",
 }
