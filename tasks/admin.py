@@ -10,13 +10,21 @@ from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
 from tasks.exceptions import QueueUnavailable
+from tasks.admin_filters import EnqueuedFilter, QueueFilter, TaskPathFilter
 from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
+from tasks.paginator import EstimatedCountPaginator
 from tasks.queue.backend import purge_dead_letters, requeue
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """History is written by the system; the admin only browses it (and
-    prunes what may go: each admin below says what)."""
+    prunes what may go: each admin below says what).
+
+    History tables grow to millions of rows: no second COUNT(*) of the whole
+    table for "N total", and an estimated count past a size (tasks/paginator.py)."""
+
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     def has_add_permission(self, request):
         return False
@@ -119,9 +127,10 @@ class DelayedFilter(admin.SimpleListFilter):
 @admin.register(TaskRecord)
 class TaskRecordAdmin(ReadOnlyAdmin):
     list_display = ["id", "task_path", "queue", "status", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at"]
-    list_filter = ["status", "queue", "task_path", PriorityFilter, DelayedFilter]
+    # No date_hierarchy and no plain column filters: both list their choices
+    # with a scan of the whole table (tasks/admin_filters.py).
+    list_filter = ["status", QueueFilter, TaskPathFilter, EnqueuedFilter, PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]
-    date_hierarchy = "enqueued_at"
     actions = ["requeue_tasks", "purge_dead_letters"]
     fieldsets = [
         (None, {"fields": ["id", "task_path", "queue", "backend", "status", "priority", "attempts", "worker"]}),
@@ -130,6 +139,15 @@ class TaskRecordAdmin(ReadOnlyAdmin):
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
+
+    def get_search_results(self, request, queryset, search_term):
+        """A task id finds its row through the primary key; anything else
+        searches ids, task paths and errors by substring, which reads the
+        whole (filtered) table."""
+        term = search_term.strip()
+        if term and queryset.filter(id=term).exists():
+            return queryset.filter(id=term), False
+        return super().get_search_results(request, queryset, search_term)
 
     def has_delete_permission(self, request, obj=None):
         # Deleting an open row would let the sweeper lose track of its task.

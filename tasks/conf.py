@@ -161,6 +161,28 @@ class MqSettings:
     def MQ_SCHEDULE_CATCH_UP_MAX(self) -> int:
         return getattr(settings, "MQ_SCHEDULE_CATCH_UP_MAX", 1000)
 
+    # Retention: finished history rows older than this many days are deleted
+    # by the workers' chores (tasks/worker/retention.py); None keeps them for ever.
+    @property
+    def MQ_HISTORY_RETENTION_DAYS(self) -> float | None:
+        return getattr(settings, "MQ_HISTORY_RETENTION_DAYS", None)
+
+    # How often the workers (one at a time, fleet-wide) prune.
+    @property
+    def MQ_PRUNE_INTERVAL_SECONDS(self) -> float:
+        return getattr(settings, "MQ_PRUNE_INTERVAL_SECONDS", 300.0)
+
+    # Rows per DELETE: each batch is its own short transaction.
+    @property
+    def MQ_PRUNE_BATCH_SIZE(self) -> int:
+        return getattr(settings, "MQ_PRUNE_BATCH_SIZE", 500)
+
+    # Batches per table in one chore run (~30 ms each), so a worker is never
+    # held up for long; a run that stops at the cap goes on a second later.
+    @property
+    def MQ_PRUNE_MAX_BATCHES(self) -> int:
+        return getattr(settings, "MQ_PRUNE_MAX_BATCHES", 4)
+
     # {channel or pattern: dotted path of a handler function}
     @property
     def MQ_CHANNEL_HANDLERS(self) -> Mapping[str, str]:

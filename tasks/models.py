@@ -139,6 +139,27 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         """Restore a requeued row whose push failed, unless a worker took it since."""
         return self.filter(id=task_id, status=TaskStatus.READY, attempts=0).update(**before)
 
+    # --- retention and listing -------------------------------------------------
+    def finished_before(self, cutoff, statuses=FINAL_STATUSES):
+        """Finished rows of ``statuses`` that finished before ``cutoff``: what
+        retention may delete. Never an open row, whatever ``statuses`` says.
+
+        Bounded by enqueued_at too (a row finishes after it is enqueued), so
+        the (enqueued_at, id) index serves the walk and no index is needed on
+        finished_at, a column every finishing update would rewrite."""
+        final = [status for status in statuses if status in FINAL_STATUSES]
+        return self.filter(status__in=final, finished_at__lt=cutoff, enqueued_at__lt=cutoff)
+
+    def newest_first(self, before=None):
+        """Rows newest first by (enqueued_at, id), after the cursor ``before``
+        (the (enqueued_at, id) of the last row already seen), for the API's list."""
+        rows = self
+        if before is not None:
+            at, task_id = before
+            # (enqueued_at, id) < cursor, written so that the index bounds the scan.
+            rows = rows.filter(enqueued_at__lte=at).exclude(enqueued_at=at, id__gte=task_id)
+        return rows.order_by("-enqueued_at", "-id")
+
 
 class TaskRecord(models.Model):
     """One row per task id, created at enqueue, updated by the workers."""
@@ -157,7 +178,8 @@ class TaskRecord(models.Model):
     status = models.CharField(max_length=10, choices=TaskStatus.choices, default=TaskStatus.READY)
     attempts = models.PositiveIntegerField(default=0, help_text="Runs started, crashed runs included.")
     worker = models.CharField(max_length=100, blank=True, help_text="Worker of the latest attempt.")
-    enqueued_at = models.DateTimeField(db_index=True)
+    # Indexed with id ("task_by_enqueued" below).
+    enqueued_at = models.DateTimeField()
     # Due time of a delayed task: run_after at enqueue, or the next retry.
     run_after = models.DateTimeField("delayed until", null=True, blank=True)
     # Higher is taken first within a queue (-100..100, the Tasks API's range).
@@ -170,7 +192,13 @@ class TaskRecord(models.Model):
 
     class Meta:
         ordering = ["-enqueued_at"]
-        indexes = [models.Index(fields=["status", "queue", "enqueued_at"], name="task_open_by_queue")]
+        indexes = [
+            models.Index(fields=["status", "queue", "enqueued_at"], name="task_open_by_queue"),
+            # Newest first for the admin (its ordering, made total with the pk),
+            # the API's cursor, the sweeper's walk and retention's: it replaces
+            # the index on enqueued_at alone, so the table keeps as many indexes.
+            models.Index(fields=["enqueued_at", "id"], name="task_by_enqueued"),
+        ]
 
     def __str__(self):
         return f"{self.task_path} [{self.id}] {self.status}"

@@ -163,8 +163,8 @@ def test_no_configured_tokens_refuses_everything(client, nothing_changed, settin
 @pytest.mark.parametrize(
     "method, path, allow",
     [
-        ("get", "/api/tasks", "POST"),
-        ("put", "/api/tasks", "POST"),
+        ("put", "/api/tasks", "GET, HEAD, POST"),
+        ("delete", "/api/tasks", "GET, HEAD, POST"),
         ("post", "/api/tasks/some-id", "GET, HEAD"),
         ("get", "/api/messages", "POST"),
         ("post", "/api/stats", "GET, HEAD"),

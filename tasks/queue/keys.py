@@ -92,3 +92,7 @@ def worker_info(worker_id):
 
 def listener_info(listener_id):
     return f"mq:listener:{listener_id}"
+
+
+# String, with a TTL: the worker holding it prunes history (tasks/worker/retention.py).
+PRUNE_LOCK = "mq:prune-lock"

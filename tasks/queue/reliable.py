@@ -202,6 +202,12 @@ class ReliableQueue:
             args=[worker_id, "1" if force else "0"],
         )
 
+    # --- retention (tasks/worker/retention.py) ---------------------------------
+    def try_prune_lock(self, seconds):
+        """True if this caller may prune history for ``seconds``: one worker at
+        a time fleet-wide (the key is global, not the queue's)."""
+        return bool(self.client.set(keys.PRUNE_LOCK, "1", nx=True, px=int(seconds * 1000)))
+
     # --- the sweeper (tasks/worker/sweeper.py) -------------------------------
     def try_sweep_lock(self, seconds):
         """Whether this caller may sweep the queue for the next ``seconds``:

@@ -27,6 +27,7 @@ from tasks.web.health import check_all
 from tasks.models import TaskRecord
 from tasks.web.auth import authenticate
 from tasks.web.errors import ApiError, retry_later
+from tasks.web import listing
 from tasks.web.status import collect_status
 from tasks.storable import unstorable
 
@@ -48,7 +49,8 @@ def api_view(methods, token=True, body=False):
                     raise ApiError(
                         405, f"method {request.method} is not allowed here; use {' or '.join(methods)}", {"Allow": ", ".join(methods)}
                     )
-                payload = read_json_object(request) if body else None
+                # Only a POST has a body: GET on the same URL (/api/tasks) has none.
+                payload = read_json_object(request) if body and request.method == "POST" else None
                 return view(request, *args, client=client, payload=payload, **kwargs)
             except ApiError as exc:
                 return exc.response()
@@ -125,7 +127,25 @@ def _reject_unknown_fields(payload, allowed):
 
 
 # --- endpoints ---------------------------------------------------------------
-@api_view(["POST"], body=True)
+@api_view(["GET", "HEAD", "POST"], body=True)
+def tasks_collection(request, client, payload):
+    """/api/tasks: POST enqueues a task, GET lists the history."""
+    if request.method == "POST":
+        return create_task(request, client, payload)
+    return list_tasks(request)
+
+
+def list_tasks(request):
+    filters, cursor, limit = listing.page_request(request.GET)
+    rows, more = listing.page(filters, cursor, limit)
+    next_url = None
+    if more:
+        query = request.GET.copy()
+        query["cursor"] = listing.encode_cursor(rows[-1])
+        next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+    return JsonResponse({"results": [record.as_api_dict() for record in rows], "next": next_url})
+
+
 def create_task(request, client, payload):
     _reject_unknown_fields(payload, TASK_FIELDS)
     path, args, kwargs = payload.get("task"), payload.get("args", []), payload.get("kwargs", {})

@@ -18,12 +18,13 @@ from datetime import datetime, timezone
 from functools import partial
 
 from tasks.conf import mq_settings
+from tasks.worker.retention import BACKLOG_PAUSE_SECONDS, RetentionChore
 from tasks.worker.scheduler import fire_due
 from tasks.worker.sweeper import sweep
 
 logger = logging.getLogger(__name__)
 
-PROMOTE, RECOVER, SWEEP, SCHEDULES = "promote_due", "recover_expired", "sweep", "schedules"
+PROMOTE, RECOVER, SWEEP, SCHEDULES, RETENTION = "promote_due", "recover_expired", "sweep", "schedules", "retention"
 
 
 @dataclass
@@ -69,6 +70,8 @@ def worker_chores(worker_id, queues, db):
             Chore(RECOVER, mq_settings.MQ_LEASE_SECONDS / 2, partial(recover_expired, worker_id, queues)),
             Chore(SWEEP, mq_settings.MQ_SWEEP_INTERVAL_SECONDS, partial(sweep_outbox, queues, db)),
             Chore(SCHEDULES, mq_settings.MQ_SCHEDULE_INTERVAL_SECONDS, partial(fire_schedules, db)),
+            # RetentionChore paces itself (its interval, a backlog, the fleet-wide lock).
+            Chore(RETENTION, BACKLOG_PAUSE_SECONDS, partial(prune_history, RetentionChore(queues[0]), db)),
         ]
     )
 
@@ -111,3 +114,8 @@ def fire_schedules(db, now):
     """Enqueue the periodic tasks that fell due; every worker does it, and the
     history row's primary key makes each tick fire once (see scheduler)."""
     db(fire_due, datetime.fromtimestamp(now, timezone.utc))
+
+
+def prune_history(retention, db, now):
+    """Apply MQ_HISTORY_RETENTION_DAYS (see retention)."""
+    retention.maybe_run(now, db)
