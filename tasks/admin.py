@@ -9,9 +9,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
-from tasks.exceptions import QueueUnavailable
-from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
-from tasks.queue.backend import purge_dead_letters, requeue
+from tasks.exceptions import QueueUnavailable, TaskAlreadyFinished
+from tasks.models import OPEN_STATUSES, REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
+from tasks.queue.backend import cancel, purge_dead_letters, requeue
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -122,9 +122,9 @@ class TaskRecordAdmin(ReadOnlyAdmin):
     list_filter = ["status", "queue", "task_path", PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]
     date_hierarchy = "enqueued_at"
-    actions = ["requeue_tasks", "purge_dead_letters"]
+    actions = ["requeue_tasks", "cancel_tasks", "purge_dead_letters"]
     fieldsets = [
-        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "priority", "attempts", "worker"]}),
+        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "cancel_requested", "priority", "attempts", "worker"]}),
         ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
         ("Call", {"fields": ["call_args", "call_kwargs"]}),
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
@@ -188,6 +188,25 @@ class TaskRecordAdmin(ReadOnlyAdmin):
                 skipped,
             )
             self.message_user(request, text % skipped, messages.WARNING)
+
+    @admin.action(description="Cancel selected ready, delayed or running tasks", permissions=["operate"])
+    def cancel_tasks(self, request, queryset):
+        cancelled, asked, finished = 0, 0, queryset.exclude(status__in=OPEN_STATUSES).count()
+        for task_id in list(queryset.filter(status__in=OPEN_STATUSES).values_list("id", flat=True)):
+            try:
+                status = cancel(task_id)
+            except (TaskAlreadyFinished, TaskRecord.DoesNotExist):
+                finished += 1
+                continue
+            if status == TaskStatus.CANCELLED:
+                cancelled += 1
+            else:
+                asked += 1
+        self.message_user(
+            request,
+            f"Cancelled {cancelled} task(s); asked {asked} running task(s) to stop; skipped {finished} finished task(s).",
+            messages.WARNING if finished else messages.SUCCESS,
+        )
 
     @admin.action(description="Purge the dead-letter lists of the selected tasks' queues", permissions=["operate"])
     def purge_dead_letters(self, request, queryset):

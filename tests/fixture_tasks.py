@@ -42,3 +42,17 @@ def record_run(context, path):
 def log_prose(text):
     """Logs like a library would: prose, any logger (tests/test_logging.py)."""
     logging.getLogger("thirdparty.client").info("sent %s", text)
+
+
+@task(takes_context=True)
+def until_cancelled(context, path, seconds=30.0):
+    """Writes "started" to a file, then works in a loop, checking
+    context.cancel_requested() each turn, for at most ``seconds``."""
+    with open(path, "a") as handle:
+        handle.write("started\n")
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        if context.cancel_requested():
+            return "stopped"
+        time.sleep(0.01)
+    return "ran out"

@@ -34,7 +34,7 @@ from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RedisTaskBackend", "purge_dead_letters", "queue_for", "requeue"]
+__all__ = ["RedisTaskBackend", "cancel", "purge_dead_letters", "queue_for", "requeue"]
 
 
 _queues: weakref.WeakKeyDictionary[Redis, dict[tuple[str, str], ReliableQueue]] = weakref.WeakKeyDictionary()
@@ -224,6 +224,18 @@ def requeue(record):
         raise
     logger.info("event=requeued task_id=%s task=%s queue=%s", record.id, record.task_path, record.queue)
     return True
+
+
+def cancel(task_id):
+    """Cancel a task by id: a READY or delayed one never runs (the worker that
+    takes its item drops it), a RUNNING one is asked to stop (see
+    TaskRecordQuerySet.cancel). Nothing to do in Redis: the worker's claim
+    refuses a finished row. Returns the status the row has now (CANCELLED or
+    RUNNING); raises TaskRecord.DoesNotExist, or TaskAlreadyFinished.
+    """
+    status = TaskRecord.objects.cancel(task_id, timezone.now())
+    logger.info("event=cancelled task_id=%s status=%s", task_id, status)
+    return status
 
 
 def purge_dead_letters(queue_names):

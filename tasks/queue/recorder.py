@@ -138,6 +138,10 @@ class Recorder:
             cursor.execute(sql, params)
             return dict(cursor.fetchall())
 
+    def cancel_requested_among(self, ids):
+        """The ids among ``ids`` asked to stop (see TaskRecordQuerySet.cancel)."""
+        return self.rows.cancel_requested_among(ids) if ids else set()
+
     def checkpoint(self):
         """Fold SQLite's write-ahead log into the database, without blocking.
 
@@ -202,7 +206,9 @@ class Recorder:
 
     def _finish(self, outcomes):
         sql = (
-            f"UPDATE {self.table} SET status = %s, started_at = %s, finished_at = %s, "
+            # A task asked to stop while it ran ends CANCELLED, whatever it returned.
+            f"UPDATE {self.table} SET status = CASE WHEN cancel_requested THEN '{TaskStatus.CANCELLED}' ELSE %s END, "
+            f"started_at = %s, finished_at = %s, "
             f"result = {self._json_param()} WHERE id = %s AND status IN (%s, %s)"
         )
         rows = [

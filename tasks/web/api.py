@@ -22,7 +22,8 @@ from tasks.channel import publish as pubsub
 from tasks import registry
 from tasks.queue.envelope import MAX_PRIORITY, MIN_PRIORITY, valid_priority
 from tasks.conf import mq_settings
-from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, Unavailable
+from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, TaskAlreadyFinished, Unavailable
+from tasks.queue.backend import cancel
 from tasks.web.health import check_all
 from tasks.models import TaskRecord
 from tasks.web.auth import authenticate
@@ -177,12 +178,29 @@ def _check_arguments(task, args, kwargs):
 
 @api_view(["GET", "HEAD"])
 def task_detail(request, task_id, client, payload):
+    return JsonResponse(_record(task_id).as_api_dict())
+
+
+def _record(task_id):
     # An id no row can have (NUL: PostgreSQL refuses even to compare it) is
     # simply not there, rather than a database error.
     record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
     if record is None:
         raise ApiError(404, f"no task with id {task_id[:100]!r}")
-    return JsonResponse(record.as_api_dict())
+    return record
+
+
+@api_view(["POST"])
+def cancel_task(request, task_id, client, payload):
+    """Cancel a task: 200 with its JSON (CANCELLED, or RUNNING with
+    cancel_requested while it stops), 409 if it has finished already."""
+    _record(task_id)
+    try:
+        cancel(task_id)
+    except TaskAlreadyFinished as exc:
+        raise ApiError(409, f"already finished: {exc}") from None
+    logger.info("event=api_cancel client=%s task_id=%s", client, task_id)
+    return JsonResponse(_record(task_id).as_api_dict())
 
 
 @api_view(["POST"], body=True)

@@ -32,12 +32,17 @@ from tasks.queue.backend import context_result, new_task_id, to_json
 from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso
 from tasks.queue.recorder import Outcome
 from tasks.storable import printable, unstorable
+from tasks.worker.context import CHECK_SECONDS, TaskControl, WorkerTaskContext
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import lease_clock
-from tasks.worker.outcomes import DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
+from tasks.worker.outcomes import CANCELLED, DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
 from tasks.worker.timelimit import time_limit
 
 logger = logging.getLogger(__name__)
+
+# How long a batch runs before the executor asks which of its remaining tasks
+# were cancelled meanwhile.
+CANCEL_CHECK_SECONDS = CHECK_SECONDS
 
 
 class BatchExecutor:
@@ -78,7 +83,8 @@ class BatchExecutor:
         self._reject(queue, bad, ack)
 
         unrun, owned = [], True
-        for raw, envelope in runnable:
+        cancelled, check_cancels_at = set(), time.monotonic() + CANCEL_CHECK_SECONDS
+        for index, (raw, envelope) in enumerate(runnable):
             attempt = attempts.get(envelope.id)
             stopping = self.should_stop()
             if attempt is not None and owned and not stopping:
@@ -92,7 +98,16 @@ class BatchExecutor:
                 ack.done.append(raw)
                 ack.finished_ids.append(envelope.id)
                 continue
-            verdict = self._run_to_verdict(raw, envelope, attempt)
+            if time.monotonic() >= check_cancels_at:
+                # A batch that has run a while: ask once for cancels of what is
+                # left of it, never per task (a fast batch asks nothing).
+                rest = [e.id for _, e in runnable[index:] if e.id in attempts]
+                cancelled = self.db(self.recorder.cancel_requested_among, rest)
+                check_cancels_at = time.monotonic() + CANCEL_CHECK_SECONDS
+            if envelope.id in cancelled:
+                verdict = self.cancelled(envelope)
+            else:
+                verdict = self._run_to_verdict(raw, envelope, attempt)
             ack.add(raw, verdict)
             self._count_and_log(queue, envelope, attempt, verdict)
 
@@ -242,7 +257,7 @@ class BatchExecutor:
             with task_context(envelope.id, envelope.task), time_limit(limit):
                 if task.takes_context:
                     running = context_result(task, envelope, attempt, self.worker_id, started_at)
-                    context: TaskContext = TaskContext(task_result=running)
+                    context: TaskContext = WorkerTaskContext(task_result=running, control=TaskControl(envelope.id, self.recorder))
                     value = task.call(context, *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
@@ -295,13 +310,18 @@ class BatchExecutor:
         dead_letter = DeadLetter.of(raw, error["exception"], envelope.id, envelope.task, mq_settings.MQ_MAX_MESSAGE_BYTES)
         return Verdict(DEAD, record, 0.0, dead_letter=dead_letter)
 
+    def cancelled(self, envelope):
+        """Cancelled after the worker took it, before it started: not run."""
+        now = utcnow()
+        return Verdict(CANCELLED, Outcome(envelope.id, TaskStatus.CANCELLED, now, now), 0.0)
+
     def _count_and_log(self, queue, envelope, attempt, verdict):
         self.processed += 1
         if verdict.name == SUCCEEDED:
             log, retry = logger.info, ""
         else:
             log, retry = logger.warning, "" if verdict.retry_in is None else f" retry_in={verdict.retry_in:.2f}"
-            if verdict.name != RETRIED:
+            if verdict.name not in (RETRIED, CANCELLED):
                 self.failed_count += 1
         log(
             "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s%s",
