@@ -118,13 +118,15 @@ class DelayedFilter(admin.SimpleListFilter):
 
 @admin.register(TaskRecord)
 class TaskRecordAdmin(ReadOnlyAdmin):
-    list_display = ["id", "task_path", "queue", "status", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at"]
+    list_display = [
+        "id", "task_path", "queue", "status", "task_progress", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at",
+    ]
     list_filter = ["status", "queue", "task_path", PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]
     date_hierarchy = "enqueued_at"
     actions = ["requeue_tasks", "cancel_tasks", "purge_dead_letters"]
     fieldsets = [
-        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "cancel_requested", "priority", "attempts", "worker"]}),
+        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "task_progress", "cancel_requested", "priority", "attempts", "worker"]}),
         ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
         ("Call", {"fields": ["call_args", "call_kwargs"]}),
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
@@ -137,6 +139,15 @@ class TaskRecordAdmin(ReadOnlyAdmin):
 
     def has_operate_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.display(description="progress")
+    def task_progress(self, record):
+        progress = record.progress
+        if not progress:
+            return "-"
+        done, total = progress.get("done"), progress.get("total")
+        amount = f"{done}" if total is None else f"{done}/{total}"
+        return f"{amount} {progress.get('text', '')}".strip()
 
     @admin.display(description="args")
     def call_args(self, record):

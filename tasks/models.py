@@ -123,6 +123,10 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
                 raise TaskAlreadyFinished(f"task {task_id} has already finished ({status})")
         raise TaskAlreadyFinished(f"task {task_id} kept changing status; try again")
 
+    def record_progress(self, task_id, progress):
+        """Store a running task's progress ({"done", "total", "text"})."""
+        return self.filter(id=task_id, status=TaskStatus.RUNNING).update(progress=progress)
+
     def cancel_requested_among(self, ids):
         """The ids among ``ids`` whose cancel was asked for (a worker's check
         before it starts the rest of a batch)."""
@@ -211,6 +215,8 @@ class TaskRecord(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, help_text="The latest error, with its traceback.")
     errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
+    # {"done", "total", "text"}, the latest a running task reported.
+    progress = models.JSONField(null=True, blank=True)
     cancel_requested = models.BooleanField(
         default=False, db_default=False, help_text="A cancel was asked for; a running task is told through its context."
     )
@@ -271,6 +277,7 @@ class TaskRecord(models.Model):
             "result": self.result,
             "error": self.error,
             "cancel_requested": self.cancel_requested,
+            "progress": self.progress,
         }
 
 

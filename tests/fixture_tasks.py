@@ -56,3 +56,16 @@ def until_cancelled(context, path, seconds=30.0):
             return "stopped"
         time.sleep(0.01)
     return "ran out"
+
+
+@task(takes_context=True)
+def count_with_progress(context, path, total, seconds=0.0):
+    """Reports progress for each of ``total`` steps (a tight loop); after
+    writing "halfway" to a file at the middle, waits ``seconds``."""
+    for done in range(1, int(total) + 1):
+        context.set_progress(done, total, f"step {done}")
+        if done == int(total) // 2:
+            with open(path, "a") as handle:
+                handle.write("halfway\n")
+            time.sleep(float(seconds))
+    return total

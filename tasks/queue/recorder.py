@@ -142,6 +142,10 @@ class Recorder:
         """The ids among ``ids`` asked to stop (see TaskRecordQuerySet.cancel)."""
         return self.rows.cancel_requested_among(ids) if ids else set()
 
+    def record_progress(self, task_id, progress):
+        """A running task's latest progress report."""
+        self.rows.record_progress(task_id, progress)
+
     def checkpoint(self):
         """Fold SQLite's write-ahead log into the database, without blocking.
 

@@ -253,11 +253,13 @@ class BatchExecutor:
         task = registry.get(envelope.task)
         assert task is not None  # classify() turned unknown tasks into bad messages
         self.current = (envelope, time.monotonic(), limit)
+        control = None
         try:
             with task_context(envelope.id, envelope.task), time_limit(limit):
                 if task.takes_context:
                     running = context_result(task, envelope, attempt, self.worker_id, started_at)
-                    context: TaskContext = WorkerTaskContext(task_result=running, control=TaskControl(envelope.id, self.recorder))
+                    control = TaskControl(envelope.id, self.recorder)
+                    context: TaskContext = WorkerTaskContext(task_result=running, control=control)
                     value = task.call(context, *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
@@ -275,6 +277,8 @@ class BatchExecutor:
             return None, self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
         finally:
             self.current = None
+            if control is not None:
+                control.flush()  # the last progress, however recent the previous write
             fault_point("after_run")
 
     # --- one method per verdict ------------------------------------------------

@@ -164,4 +164,5 @@ def test_as_api_dict_is_the_documented_shape():
         "result": 3,
         "error": "",
         "cancel_requested": False,
+        "progress": None,
     }
