@@ -22,7 +22,7 @@ from redis import Redis
 from tasks import registry
 from redis.exceptions import RedisError
 
-from tasks.compat import BaseTaskBackend, TaskResult, TaskResultDoesNotExist, TaskResultStatus
+from tasks.compat import BaseTaskBackend, TaskError, TaskResult, TaskResultDoesNotExist, TaskResultStatus
 from tasks.conf import mq_settings
 from tasks.exceptions import ArgumentsNotStorable, DeliveryUncertain, MessageTooLarge, QueueUnavailable
 from tasks.models import TaskRecord
@@ -30,6 +30,7 @@ from tasks.queue.connection import get_redis
 from tasks.queue.envelope import Envelope, oversized
 from tasks.queue.recorder import Recorder
 from tasks.queue.reliable import ReliableQueue
+from tasks.signals import listened, task_enqueued
 from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,11 @@ class RedisTaskBackend(BaseTaskBackend):
             except QueueUnavailable:
                 recorder.delete([e.id for e in envelopes])
                 raise
-        return [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
+        results = [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
+        if listened(task_enqueued):
+            for result in results:
+                task_enqueued.send(type(self), task_result=result)
+        return results
 
     def _deliver(self, queue_name, envelopes, payloads, run_after):
         queue = queue_for(queue_name)
@@ -159,20 +164,21 @@ class RedisTaskBackend(BaseTaskBackend):
         return record.to_task_result(task)
 
 
-def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, worker_ids=()):
-    """A TaskResult for a task that has no recorded history yet."""
+def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, finished_at=None, worker_ids=(), errors=()):
+    """A TaskResult built from what a producer or worker has in hand, without
+    reading the history row."""
     return TaskResult(
         task=task,
         id=envelope.id,
         status=status,
         enqueued_at=enqueued_at,
         started_at=started_at,
-        finished_at=None,
+        finished_at=finished_at,
         last_attempted_at=started_at,
         args=envelope.args,
         kwargs=envelope.kwargs,
         backend=backend,
-        errors=[],
+        errors=list(errors),
         worker_ids=list(worker_ids),
     )
 
@@ -182,6 +188,19 @@ def context_result(task, envelope, attempt, worker_id, started_at: datetime):
     return envelope_result(
         task, envelope, TaskResultStatus.RUNNING, backend=task.backend, started_at=started_at, worker_ids=[worker_id] * attempt
     )
+
+
+def finished_result(task, envelope, attempt, worker_id, outcome):
+    """The TaskResult task_finished carries: ``outcome`` (a recorder Outcome)
+    as the Tasks API sees it (only SUCCESSFUL or FAILED)."""
+    status = TaskResultStatus.SUCCESSFUL if outcome.status == "SUCCESSFUL" else TaskResultStatus.FAILED
+    errors = [TaskError(exception_class_path=outcome.error["exception"], traceback=outcome.error["traceback"])] if outcome.error else []
+    result = envelope_result(
+        task, envelope, status, backend=task.backend, started_at=outcome.started_at, finished_at=outcome.finished_at,
+        worker_ids=[worker_id] * attempt, errors=errors,
+    )
+    object.__setattr__(result, "_return_value", outcome.result)
+    return result
 
 
 def requeue(record):

@@ -28,9 +28,10 @@ from tasks.conf import mq_settings
 from tasks.exceptions import ForcedStop
 from tasks.logfmt import task_context
 from tasks.models import TaskStatus
-from tasks.queue.backend import context_result, new_task_id, to_json
+from tasks.queue.backend import context_result, finished_result, new_task_id, to_json
 from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso
 from tasks.queue.recorder import Outcome
+from tasks.signals import listened, task_finished, task_started
 from tasks.storable import printable, unstorable
 from tasks.worker.context import CHECK_SECONDS, TaskControl, WorkerTaskContext
 from tasks.worker.faults import fault_point
@@ -67,6 +68,7 @@ class BatchExecutor:
         self.current = None
         self._batch_options = {}
         self._epoch = 0
+        self._send_started = self._send_finished = False
 
     def execute(self, queue, items, epoch):
         """Run a batch taken from ``queue`` while the heartbeat was in ``epoch``;
@@ -77,6 +79,8 @@ class BatchExecutor:
         close_old_connections()
         self._batch_options = {}
         self._epoch = epoch
+        # Asked once a batch: a TaskResult per signal per task only when someone listens.
+        self._send_started, self._send_finished = listened(task_started), listened(task_finished)
         runnable, bad = self._classify(queue, items)
         attempts = self._claim([envelope for _, envelope in runnable])
         ack = Ack()
@@ -108,6 +112,9 @@ class BatchExecutor:
                 verdict = self.cancelled(envelope)
             else:
                 verdict = self._run_to_verdict(raw, envelope, attempt)
+            if self._send_finished and verdict.retry is None:
+                task = registry.get(envelope.task)
+                self._signal(task_finished, task, finished_result(task, envelope, attempt, self.worker_id, verdict.record))
             ack.add(raw, verdict)
             self._count_and_log(queue, envelope, attempt, verdict)
 
@@ -240,6 +247,9 @@ class BatchExecutor:
         if attempt > max_attempts:
             return self.dead(raw, envelope, attempt)
         started_at = utcnow()
+        if self._send_started:
+            task = registry.get(envelope.task)
+            self._signal(task_started, task, context_result(task, envelope, attempt, self.worker_id, started_at))
         result, error = self._run(envelope, attempt, started_at, limit)
         finished_at = utcnow()
         if error is None:
@@ -280,6 +290,13 @@ class BatchExecutor:
             if control is not None:
                 control.flush()  # the last progress, however recent the previous write
             fault_point("after_run")
+
+    def _signal(self, signal, task, task_result):
+        """Send a Tasks API signal; a receiver's exception is logged, and
+        changes neither the task's outcome nor the rest of the batch."""
+        for receiver, response in signal.send_robust(type(task.get_backend()), task_result=task_result):
+            if isinstance(response, Exception):
+                logger.error("event=signal_receiver_failed receiver=%s task_id=%s error=%r", getattr(receiver, "__qualname__", receiver), task_result.id, str(response))
 
     # --- one method per verdict ------------------------------------------------
     def succeeded(self, envelope, started_at, finished_at, result):
