@@ -123,6 +123,10 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
                 raise TaskAlreadyFinished(f"task {task_id} has already finished ({status})")
         raise TaskAlreadyFinished(f"task {task_id} kept changing status; try again")
 
+    def open_with_key(self, unique_key):
+        """The open row holding ``unique_key``, or None."""
+        return self.open().filter(unique_key=unique_key).first()
+
     def record_progress(self, task_id, progress):
         """Store a running task's progress ({"done", "total", "text"})."""
         return self.filter(id=task_id, status=TaskStatus.RUNNING).update(progress=progress)
@@ -215,6 +219,8 @@ class TaskRecord(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, help_text="The latest error, with its traceback.")
     errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
+    # A unique task's key (see tasks/queue/uniqueness.py): no two open rows share one.
+    unique_key = models.CharField(max_length=64, null=True, blank=True, editable=False)
     # {"done", "total", "text"}, the latest a running task reported.
     progress = models.JSONField(null=True, blank=True)
     cancel_requested = models.BooleanField(
@@ -224,6 +230,10 @@ class TaskRecord(models.Model):
     class Meta:
         ordering = ["-enqueued_at"]
         indexes = [models.Index(fields=["status", "queue", "enqueued_at"], name="task_open_by_queue")]
+        constraints = [
+            # A partial unique index: a finished copy releases its key.
+            models.UniqueConstraint(fields=["unique_key"], condition=models.Q(status__in=OPEN_STATUSES), name="task_unique_while_open"),
+        ]
 
     def __str__(self):
         return f"{self.task_path} [{self.id}] {self.status}"

@@ -30,6 +30,7 @@ from tasks.queue.connection import get_redis
 from tasks.queue.envelope import Envelope, oversized
 from tasks.queue.recorder import Recorder
 from tasks.queue.reliable import ReliableQueue
+from tasks.queue.uniqueness import unique_key
 from tasks.signals import listened, task_enqueued
 from tasks.storable import unstorable
 
@@ -79,7 +80,19 @@ class RedisTaskBackend(BaseTaskBackend):
         registry.register(task)
 
     def enqueue(self, task, args, kwargs):
+        if mq_settings.task_is_unique(task.module_path):
+            return self.enqueue_unique(task, args, kwargs)[0]
         return self.enqueue_many(task, [(args, kwargs)])[0]
+
+    def enqueue_unique(self, task, args, kwargs, key=None):
+        """Enqueue ``task`` unless a copy with the same key is READY, delayed
+        or RUNNING: (result, True) for a new task, (the open copy's result,
+        False) otherwise. The key is ``key`` (scoped to the task), or the task's
+        arguments when None. The database's unique index decides, so this
+        holds however many processes enqueue at once.
+        """
+        [result], created = self._enqueue(task, [(args, kwargs)], key=key, unique=True)
+        return result, created
 
     def enqueue_many(self, task, calls):
         """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push.
@@ -87,6 +100,11 @@ class RedisTaskBackend(BaseTaskBackend):
         MessageTooLarge, and nothing written, if any of them is over the size
         limit: a worker would dead-letter it unrun.
         """
+        return self._enqueue(task, calls)[0]
+
+    def _enqueue(self, task, calls, key=None, unique=False):
+        """(results, True), or for a unique task whose copy is open
+        ([that copy's result], False)."""
         self.validate_task(task)
         now = timezone.now()
         envelopes = [
@@ -114,7 +132,13 @@ class RedisTaskBackend(BaseTaskBackend):
         if problem:
             raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
         recorder = Recorder()
-        recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
+        if unique:
+            [envelope] = envelopes
+            existing = self._insert_unique(recorder, task, envelope, now, unique_key(task.module_path, envelope.args, envelope.kwargs, key))
+            if existing is not None:
+                return [existing], False
+        else:
+            recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
 
         # A def, not functools.partial: when a robust on_commit callback fails,
         # Django 5.2 logs func.__qualname__, which a partial lacks, so the log
@@ -143,7 +167,17 @@ class RedisTaskBackend(BaseTaskBackend):
         if listened(task_enqueued):
             for result in results:
                 task_enqueued.send(type(self), task_result=result)
-        return results
+        return results, True
+
+    def _insert_unique(self, recorder, task, envelope, now, key):
+        """None once the row is written; the open copy's result if one holds the key."""
+        for _ in range(5):  # the copy may finish between the refused insert and the read
+            if recorder.insert_unique(envelope, self.alias, now, task.run_after, key):
+                return None
+            existing = TaskRecord.objects.using(recorder.using).open_with_key(key)
+            if existing is not None:
+                return existing.to_task_result(task)
+        raise QueueUnavailable(f"a unique copy of {task.module_path} kept appearing and finishing; try again")
 
     def _deliver(self, queue_name, envelopes, payloads, run_after):
         queue = queue_for(queue_name)

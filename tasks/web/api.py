@@ -33,7 +33,8 @@ from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-TASK_FIELDS = {"task", "args", "kwargs", "priority"}
+TASK_FIELDS = {"task", "args", "kwargs", "priority", "unique_key"}
+MAX_UNIQUE_KEY = 200
 MESSAGE_FIELDS = {"data", "channel"}
 
 
@@ -142,14 +143,19 @@ def create_task(request, client, payload):
         raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
     _check_arguments(task, args, kwargs)
     task = _with_priority(task, payload)
+    key = _unique_key(payload)
     try:
-        result = task.enqueue(*args, **kwargs)
+        if key is not None or mq_settings.task_is_unique(task.module_path):
+            result, created = task.get_backend().enqueue_unique(task, args, kwargs, key=key)
+        else:
+            result, created = task.enqueue(*args, **kwargs), True
     except MessageTooLarge as exc:  # checked before the row is written
         raise ApiError(413, str(exc)) from None
     except ArgumentsNotStorable as exc:
         raise ApiError(400, str(exc)) from None
-    logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)
-    response = JsonResponse({"id": result.id}, status=202)
+    logger.info("event=api_enqueue client=%s task=%s task_id=%s created=%s", client, path, result.id, created)
+    # 200: a unique task's open copy, not a new task.
+    response = JsonResponse({"id": result.id}, status=202 if created else 200)
     response["Location"] = reverse("tasks:api-task", args=[result.id])
     return response
 
@@ -162,6 +168,13 @@ def _with_priority(task, payload):
     if not valid_priority(priority):
         raise ApiError(400, f"'priority' must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
     return task.using(priority=priority)
+
+
+def _unique_key(payload):
+    key = payload.get("unique_key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_UNIQUE_KEY or unstorable(key)):
+        raise ApiError(400, f"'unique_key' must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+    return key
 
 
 def _check_arguments(task, args, kwargs):
