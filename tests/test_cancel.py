@@ -119,3 +119,20 @@ def test_the_admin_action_cancels_only_for_operators(django_user_model, admin_cl
     page = run_action(admin_client, "cancel_tasks", waiting.id, done.id).content.decode()
     assert "Cancelled 1 task(s)" in page and "skipped 1 finished" in page
     assert status(waiting) == TaskStatus.CANCELLED and status(done) == TaskStatus.SUCCESSFUL
+
+
+@pytest.mark.slow
+def test_a_running_task_that_ignores_the_request_is_stopped_at_its_time_limit(redis_url, tmp_path):
+    from tests.fixture_tasks import sleep_for
+
+    result = sleep_for.enqueue(60)
+    options = {"MQ_TASK_OPTIONS": {"tests.fixture_tasks.sleep_for": {"time_limit": 3, "max_attempts": 3}}}
+    worker = manage(redis_url, "listen_queue", settings=options)
+    try:
+        wait_for(lambda: status(result) == TaskStatus.RUNNING, message="the task to start")
+        assert cancel(result.id) == TaskStatus.RUNNING
+        wait_for(lambda: status(result) == TaskStatus.CANCELLED, timeout=30, message="the time limit to stop it")
+    finally:
+        stop(worker)
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.attempts == 1  # stopped, not retried
