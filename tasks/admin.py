@@ -9,11 +9,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
-from tasks.exceptions import QueueUnavailable
 from tasks.admin_filters import EnqueuedFilter, QueueFilter, TaskPathFilter
-from tasks.models import REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
+from tasks.exceptions import QueueUnavailable, TaskAlreadyFinished
+from tasks.models import OPEN_STATUSES, REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
 from tasks.paginator import EstimatedCountPaginator
-from tasks.queue.backend import purge_dead_letters, requeue
+from tasks.queue.backend import cancel, purge_dead_letters, requeue
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -126,14 +126,16 @@ class DelayedFilter(admin.SimpleListFilter):
 
 @admin.register(TaskRecord)
 class TaskRecordAdmin(ReadOnlyAdmin):
-    list_display = ["id", "task_path", "queue", "status", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at"]
+    list_display = [
+        "id", "task_path", "queue", "status", "task_progress", "priority", "attempts", "worker", "enqueued_at", "run_after", "finished_at",
+    ]
     # No date_hierarchy and no plain column filters: both list their choices
     # with a scan of the whole table (tasks/admin_filters.py).
     list_filter = ["status", QueueFilter, TaskPathFilter, EnqueuedFilter, PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]
-    actions = ["requeue_tasks", "purge_dead_letters"]
+    actions = ["requeue_tasks", "cancel_tasks", "purge_dead_letters"]
     fieldsets = [
-        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "priority", "attempts", "worker"]}),
+        (None, {"fields": ["id", "task_path", "queue", "backend", "status", "task_progress", "cancel_requested", "priority", "attempts", "worker"]}),
         ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
         ("Call", {"fields": ["call_args", "call_kwargs"]}),
         ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
@@ -155,6 +157,15 @@ class TaskRecordAdmin(ReadOnlyAdmin):
 
     def has_operate_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.display(description="progress")
+    def task_progress(self, record):
+        progress = record.progress
+        if not progress:
+            return "-"
+        done, total = progress.get("done"), progress.get("total")
+        amount = f"{done}" if total is None else f"{done}/{total}"
+        return f"{amount} {progress.get('text', '')}".strip()
 
     @admin.display(description="args")
     def call_args(self, record):
@@ -206,6 +217,25 @@ class TaskRecordAdmin(ReadOnlyAdmin):
                 skipped,
             )
             self.message_user(request, text % skipped, messages.WARNING)
+
+    @admin.action(description="Cancel selected ready, delayed or running tasks", permissions=["operate"])
+    def cancel_tasks(self, request, queryset):
+        cancelled, asked, finished = 0, 0, queryset.exclude(status__in=OPEN_STATUSES).count()
+        for task_id in list(queryset.filter(status__in=OPEN_STATUSES).values_list("id", flat=True)):
+            try:
+                status = cancel(task_id)
+            except (TaskAlreadyFinished, TaskRecord.DoesNotExist):
+                finished += 1
+                continue
+            if status == TaskStatus.CANCELLED:
+                cancelled += 1
+            else:
+                asked += 1
+        self.message_user(
+            request,
+            f"Cancelled {cancelled} task(s); asked {asked} running task(s) to stop; skipped {finished} finished task(s).",
+            messages.WARNING if finished else messages.SUCCESS,
+        )
 
     @admin.action(description="Purge the dead-letter lists of the selected tasks' queues", permissions=["operate"])
     def purge_dead_letters(self, request, queryset):

@@ -141,7 +141,7 @@ def check_raw_message_tasks() -> list[CheckMessage]:
 def check_task_options() -> list[CheckMessage]:
     options = mq_settings.MQ_TASK_OPTIONS
     error = Error(
-        "MQ_TASK_OPTIONS must map task paths to {'max_attempts': n, 'time_limit': seconds or None}, "
+        "MQ_TASK_OPTIONS must map task paths to {'max_attempts': n, 'time_limit': seconds or None, 'unique': bool}, "
         f"valid as MQ_MAX_ATTEMPTS and MQ_TASK_TIME_LIMIT, not {options!r}.",
         id="mqsite.E014",
     )
@@ -151,6 +151,10 @@ def check_task_options() -> list[CheckMessage]:
         if not isinstance(path, str) or not isinstance(per_task, dict):
             return [error]
         for option, value in per_task.items():
+            if option == "unique":
+                if not isinstance(value, bool):
+                    return [error]
+                continue
             if option not in TASK_OPTION_NAMES or NUMBER_RULES[TASK_OPTION_NAMES[option]].broken_by(value):
                 return [error]
     return []

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 try:
     from django.tasks import TaskContext, TaskResult, TaskResultStatus, task, task_backends
+    from django.tasks import signals as task_signals
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import Task, TaskError
     from django.tasks.exceptions import InvalidTask as InvalidTaskError
@@ -14,6 +15,7 @@ except ImportError:
     # Django); the backport has the same API under other module names.
     if not TYPE_CHECKING:
         from django_tasks import TaskContext, TaskResult, TaskResultStatus, task, task_backends
+        from django_tasks import signals as task_signals
         from django_tasks.backends.base import BaseTaskBackend
         from django_tasks.base import Task, TaskError
         from django_tasks.exceptions import InvalidTaskError
@@ -30,4 +32,5 @@ __all__ = [
     "TaskResultStatus",
     "task",
     "task_backends",
+    "task_signals",
 ]

@@ -205,10 +205,14 @@ class MqSettings:
     @overload
     def task_option(self, task_path: str, name: Literal["time_limit"]) -> Number | None: ...
     def task_option(self, task_path: str, name: str) -> Number | None:
-        per_task = self.MQ_TASK_OPTIONS.get(task_path, {})
+        per_task: Mapping[str, Number | None] = self.MQ_TASK_OPTIONS.get(task_path, {})
         if name in per_task:
             return per_task[name]
         return self.MQ_MAX_ATTEMPTS if name == "max_attempts" else self.MQ_TASK_TIME_LIMIT
+
+    def task_is_unique(self, task_path: str) -> bool:
+        """Whether MQ_TASK_OPTIONS declares the task unique by its arguments."""
+        return self.MQ_TASK_OPTIONS.get(task_path, {}).get("unique") is True
 
     def api_tokens(self) -> dict[str, str]:
         """Map token -> name. Entries are "name:token" or a bare token."""

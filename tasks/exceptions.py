@@ -61,3 +61,7 @@ class ConnectionDead(RedisError):
 
 class DatabaseGaveUp(Exception):
     """The database stayed down and the caller asked to stop meanwhile."""
+
+
+class TaskAlreadyFinished(ValueError):
+    """A cancel asked of a task that has finished already; nothing changed."""

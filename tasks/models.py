@@ -8,8 +8,10 @@ its raw SQL, in tasks/queue/recorder.py.
 """
 
 from django.db import connections, models, router, transaction
+from django.utils import timezone
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
+from tasks.exceptions import TaskAlreadyFinished
 
 
 class TaskStatus(models.TextChoices):
@@ -20,9 +22,14 @@ class TaskStatus(models.TextChoices):
     # Never completed: a bad message, an unknown task, or a task that kept
     # killing its workers. Reported as FAILED through the Tasks API.
     DEAD = "DEAD", "Dead"
+    # Cancelled before it ran, or stopped on request while it ran. Reported
+    # as FAILED through the Tasks API.
+    CANCELLED = "CANCELLED", "Cancelled"
 
 
-FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD)
+FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
+# Read as FAILED through the Tasks API, whose statuses are fixed.
+API_FAILED = (TaskStatus.DEAD, TaskStatus.CANCELLED)
 OPEN_STATUSES = (TaskStatus.READY, TaskStatus.RUNNING)
 
 
@@ -79,12 +86,55 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         mine = models.Q(status=TaskStatus.RUNNING, worker=worker_id)
         return self.filter(id__in=ids).update(
             attempts=models.F("attempts") - 1,
-            status=models.Case(models.When(mine, then=models.Value(TaskStatus.READY)), default=models.F("status")),
+            status=models.Case(
+                models.When(mine & models.Q(cancel_requested=True), then=models.Value(TaskStatus.CANCELLED)),
+                models.When(mine, then=models.Value(TaskStatus.READY)),
+                default=models.F("status"),
+            ),
         )
 
     def reopen_running(self, worker_id):
-        """A worker's RUNNING rows go back to READY; the attempts stay counted."""
-        return self.filter(worker=worker_id, status=TaskStatus.RUNNING).update(status=TaskStatus.READY)
+        """A worker's RUNNING rows go back to READY (CANCELLED if a cancel was
+        asked for meanwhile); the attempts stay counted."""
+        running = self.filter(worker=worker_id, status=TaskStatus.RUNNING)
+        running.filter(cancel_requested=True).update(status=TaskStatus.CANCELLED, finished_at=timezone.now())
+        return running.update(status=TaskStatus.READY)
+
+    def cancel(self, task_id, now):
+        """Cancel a task: a READY (or delayed) row becomes CANCELLED at once and
+        its item is dropped unrun by whichever worker takes it; a RUNNING row is
+        asked to stop (``cancel_requested``, read by its context and by the
+        worker before it starts a batched task) and ends CANCELLED.
+
+        Returns the row's status after the call (CANCELLED or RUNNING); raises
+        TaskRecord.DoesNotExist, or TaskAlreadyFinished for a final row.
+        """
+        for _ in range(5):  # a row moving READY -> RUNNING -> READY meanwhile: read again
+            if self.filter(id=task_id, status=TaskStatus.READY).update(
+                status=TaskStatus.CANCELLED, cancel_requested=True, finished_at=now
+            ):
+                return TaskStatus.CANCELLED
+            if self.filter(id=task_id, status=TaskStatus.RUNNING).update(cancel_requested=True):
+                return TaskStatus.RUNNING
+            status = self.filter(id=task_id).values_list("status", flat=True).first()
+            if status is None:
+                raise self.model.DoesNotExist(task_id)
+            if status in FINAL_STATUSES:
+                raise TaskAlreadyFinished(f"task {task_id} has already finished ({status})")
+        raise TaskAlreadyFinished(f"task {task_id} kept changing status; try again")
+
+    def open_with_key(self, unique_key):
+        """The open row holding ``unique_key``, or None."""
+        return self.open().filter(unique_key=unique_key).first()
+
+    def record_progress(self, task_id, progress):
+        """Store a running task's progress ({"done", "total", "text"})."""
+        return self.filter(id=task_id, status=TaskStatus.RUNNING).update(progress=progress)
+
+    def cancel_requested_among(self, ids):
+        """The ids among ``ids`` whose cancel was asked for (a worker's check
+        before it starts the rest of a batch)."""
+        return set(self.filter(id__in=ids, cancel_requested=True).values_list("id", flat=True))
 
     def record_failure(self, task_id, status, entry, started_at, finished_at, retry_at=None):
         """Add a failed attempt's ``entry`` to an open row and set its status
@@ -93,6 +143,8 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         record = self.filter(id=task_id).first()
         if record is None or record.is_finished:
             return False
+        if record.cancel_requested:  # no retry for a task asked to stop
+            status, retry_at = TaskStatus.CANCELLED, None
         record.status = status
         record.errors = [*record.errors, entry]
         record.error = f"{entry['exception']}\n{entry['traceback']}".strip()
@@ -189,6 +241,13 @@ class TaskRecord(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, help_text="The latest error, with its traceback.")
     errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
+    # A unique task's key (see tasks/queue/uniqueness.py): no two open rows share one.
+    unique_key = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    # {"done", "total", "text"}, the latest a running task reported.
+    progress = models.JSONField(null=True, blank=True)
+    cancel_requested = models.BooleanField(
+        default=False, db_default=False, help_text="A cancel was asked for; a running task is told through its context."
+    )
 
     class Meta:
         ordering = ["-enqueued_at"]
@@ -199,6 +258,10 @@ class TaskRecord(models.Model):
             # the index on enqueued_at alone, so the table keeps as many indexes.
             models.Index(fields=["enqueued_at", "id"], name="task_by_enqueued"),
         ]
+        constraints = [
+            # A partial unique index: a finished copy releases its key.
+            models.UniqueConstraint(fields=["unique_key"], condition=models.Q(status__in=OPEN_STATUSES), name="task_unique_while_open"),
+        ]
 
     def __str__(self):
         return f"{self.task_path} [{self.id}] {self.status}"
@@ -208,8 +271,8 @@ class TaskRecord(models.Model):
         return self.status in FINAL_STATUSES
 
     def to_task_result(self, task):
-        """This row as the Tasks API's TaskResult of ``task`` (DEAD reads FAILED)."""
-        status = TaskResultStatus.FAILED if self.status == TaskStatus.DEAD else TaskResultStatus(self.status)
+        """This row as the Tasks API's TaskResult of ``task`` (DEAD and CANCELLED read FAILED)."""
+        status = TaskResultStatus.FAILED if self.status in API_FAILED else TaskResultStatus(self.status)
         errors = [
             TaskError(exception_class_path=e.get("exception", "builtins.Exception"), traceback=e.get("traceback", ""))
             for e in self.errors
@@ -251,6 +314,8 @@ class TaskRecord(models.Model):
             "run_after": _iso(self.run_after),
             "result": self.result,
             "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "progress": self.progress,
         }
 
 

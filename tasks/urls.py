@@ -19,6 +19,7 @@ urlpatterns = [
     path("pubsub", views.pubsub_page, name="pubsub"),
     path("api/tasks", api.tasks_collection, name="api-tasks"),
     path("api/tasks/<str:task_id>", api.task_detail, name="api-task"),
+    path("api/tasks/<str:task_id>/cancel", api.cancel_task, name="api-task-cancel"),
     path("api/messages", api.publish_message, name="api-messages"),
     path("api/stats", api.stats, name="api-stats"),
     path("healthz", api.healthz, name="healthz"),

@@ -42,3 +42,30 @@ def record_run(context, path):
 def log_prose(text):
     """Logs like a library would: prose, any logger (tests/test_logging.py)."""
     logging.getLogger("thirdparty.client").info("sent %s", text)
+
+
+@task(takes_context=True)
+def until_cancelled(context, path, seconds=30.0):
+    """Writes "started" to a file, then works in a loop, checking
+    context.cancel_requested() each turn, for at most ``seconds``."""
+    with open(path, "a") as handle:
+        handle.write("started\n")
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        if context.cancel_requested():
+            return "stopped"
+        time.sleep(0.01)
+    return "ran out"
+
+
+@task(takes_context=True)
+def count_with_progress(context, path, total, seconds=0.0):
+    """Reports progress for each of ``total`` steps (a tight loop); after
+    writing "halfway" to a file at the middle, waits ``seconds``."""
+    for done in range(1, int(total) + 1):
+        context.set_progress(done, total, f"step {done}")
+        if done == int(total) // 2:
+            with open(path, "a") as handle:
+                handle.write("halfway\n")
+            time.sleep(float(seconds))
+    return total

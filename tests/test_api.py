@@ -66,7 +66,7 @@ def test_api_task_runs_and_status_reports_it(client):
     body = response.json()
     assert set(body) == {
         "id", "task", "queue", "status", "attempts", "priority", "worker", "enqueued_at", "started_at", "finished_at",
-        "run_after", "result", "error",
+        "run_after", "result", "error", "cancel_requested", "progress",
     }
     assert (body["id"], body["task"], body["queue"], body["status"], body["attempts"], body["worker"]) == (
         task_id, "tasks.tasks.add", "default", "SUCCESSFUL", 1, "api-worker",

@@ -22,7 +22,7 @@ from redis import Redis
 from tasks import registry
 from redis.exceptions import RedisError
 
-from tasks.compat import BaseTaskBackend, TaskResult, TaskResultDoesNotExist, TaskResultStatus
+from tasks.compat import BaseTaskBackend, TaskError, TaskResult, TaskResultDoesNotExist, TaskResultStatus
 from tasks.conf import mq_settings
 from tasks.exceptions import ArgumentsNotStorable, DeliveryUncertain, MessageTooLarge, QueueUnavailable
 from tasks.models import TaskRecord
@@ -30,11 +30,13 @@ from tasks.queue.connection import get_redis
 from tasks.queue.envelope import Envelope, oversized
 from tasks.queue.recorder import Recorder
 from tasks.queue.reliable import ReliableQueue
+from tasks.queue.uniqueness import unique_key
+from tasks.signals import listened, task_enqueued
 from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RedisTaskBackend", "purge_dead_letters", "queue_for", "requeue"]
+__all__ = ["RedisTaskBackend", "cancel", "purge_dead_letters", "queue_for", "requeue"]
 
 
 _queues: weakref.WeakKeyDictionary[Redis, dict[tuple[str, str], ReliableQueue]] = weakref.WeakKeyDictionary()
@@ -78,7 +80,19 @@ class RedisTaskBackend(BaseTaskBackend):
         registry.register(task)
 
     def enqueue(self, task, args, kwargs):
+        if mq_settings.task_is_unique(task.module_path):
+            return self.enqueue_unique(task, args, kwargs)[0]
         return self.enqueue_many(task, [(args, kwargs)])[0]
+
+    def enqueue_unique(self, task, args, kwargs, key=None):
+        """Enqueue ``task`` unless a copy with the same key is READY, delayed
+        or RUNNING: (result, True) for a new task, (the open copy's result,
+        False) otherwise. The key is ``key`` (scoped to the task), or the task's
+        arguments when None. The database's unique index decides, so this
+        holds however many processes enqueue at once.
+        """
+        [result], created = self._enqueue(task, [(args, kwargs)], key=key, unique=True)
+        return result, created
 
     def enqueue_many(self, task, calls):
         """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push.
@@ -86,6 +100,11 @@ class RedisTaskBackend(BaseTaskBackend):
         MessageTooLarge, and nothing written, if any of them is over the size
         limit: a worker would dead-letter it unrun.
         """
+        return self._enqueue(task, calls)[0]
+
+    def _enqueue(self, task, calls, key=None, unique=False):
+        """(results, True), or for a unique task whose copy is open
+        ([that copy's result], False)."""
         self.validate_task(task)
         now = timezone.now()
         envelopes = [
@@ -113,7 +132,13 @@ class RedisTaskBackend(BaseTaskBackend):
         if problem:
             raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
         recorder = Recorder()
-        recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
+        if unique:
+            [envelope] = envelopes
+            existing = self._insert_unique(recorder, task, envelope, now, unique_key(task.module_path, envelope.args, envelope.kwargs, key))
+            if existing is not None:
+                return [existing], False
+        else:
+            recorder.insert_enqueued(envelopes, self.alias, now, task.run_after)
 
         # A def, not functools.partial: when a robust on_commit callback fails,
         # Django 5.2 logs func.__qualname__, which a partial lacks, so the log
@@ -138,7 +163,21 @@ class RedisTaskBackend(BaseTaskBackend):
             except QueueUnavailable:
                 recorder.delete([e.id for e in envelopes])
                 raise
-        return [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
+        results = [envelope_result(task, e, TaskResultStatus.READY, backend=self.alias, enqueued_at=now) for e in envelopes]
+        if listened(task_enqueued):
+            for result in results:
+                task_enqueued.send(type(self), task_result=result)
+        return results, True
+
+    def _insert_unique(self, recorder, task, envelope, now, key):
+        """None once the row is written; the open copy's result if one holds the key."""
+        for _ in range(5):  # the copy may finish between the refused insert and the read
+            if recorder.insert_unique(envelope, self.alias, now, task.run_after, key):
+                return None
+            existing = TaskRecord.objects.using(recorder.using).open_with_key(key)
+            if existing is not None:
+                return existing.to_task_result(task)
+        raise QueueUnavailable(f"a unique copy of {task.module_path} kept appearing and finishing; try again")
 
     def _deliver(self, queue_name, envelopes, payloads, run_after):
         queue = queue_for(queue_name)
@@ -159,20 +198,21 @@ class RedisTaskBackend(BaseTaskBackend):
         return record.to_task_result(task)
 
 
-def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, worker_ids=()):
-    """A TaskResult for a task that has no recorded history yet."""
+def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, finished_at=None, worker_ids=(), errors=()):
+    """A TaskResult built from what a producer or worker has in hand, without
+    reading the history row."""
     return TaskResult(
         task=task,
         id=envelope.id,
         status=status,
         enqueued_at=enqueued_at,
         started_at=started_at,
-        finished_at=None,
+        finished_at=finished_at,
         last_attempted_at=started_at,
         args=envelope.args,
         kwargs=envelope.kwargs,
         backend=backend,
-        errors=[],
+        errors=list(errors),
         worker_ids=list(worker_ids),
     )
 
@@ -182,6 +222,19 @@ def context_result(task, envelope, attempt, worker_id, started_at: datetime):
     return envelope_result(
         task, envelope, TaskResultStatus.RUNNING, backend=task.backend, started_at=started_at, worker_ids=[worker_id] * attempt
     )
+
+
+def finished_result(task, envelope, attempt, worker_id, outcome):
+    """The TaskResult task_finished carries: ``outcome`` (a recorder Outcome)
+    as the Tasks API sees it (only SUCCESSFUL or FAILED)."""
+    status = TaskResultStatus.SUCCESSFUL if outcome.status == "SUCCESSFUL" else TaskResultStatus.FAILED
+    errors = [TaskError(exception_class_path=outcome.error["exception"], traceback=outcome.error["traceback"])] if outcome.error else []
+    result = envelope_result(
+        task, envelope, status, backend=task.backend, started_at=outcome.started_at, finished_at=outcome.finished_at,
+        worker_ids=[worker_id] * attempt, errors=errors,
+    )
+    object.__setattr__(result, "_return_value", outcome.result)
+    return result
 
 
 def requeue(record):
@@ -224,6 +277,18 @@ def requeue(record):
         raise
     logger.info("event=requeued task_id=%s task=%s queue=%s", record.id, record.task_path, record.queue)
     return True
+
+
+def cancel(task_id):
+    """Cancel a task by id: a READY or delayed one never runs (the worker that
+    takes its item drops it), a RUNNING one is asked to stop (see
+    TaskRecordQuerySet.cancel). Nothing to do in Redis: the worker's claim
+    refuses a finished row. Returns the status the row has now (CANCELLED or
+    RUNNING); raises TaskRecord.DoesNotExist, or TaskAlreadyFinished.
+    """
+    status = TaskRecord.objects.cancel(task_id, timezone.now())
+    logger.info("event=cancelled task_id=%s status=%s", task_id, status)
+    return status
 
 
 def purge_dead_letters(queue_names):

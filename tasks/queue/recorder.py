@@ -81,12 +81,13 @@ class Recorder:
                 with transaction.atomic(using=self.using):
                     cursor.executemany(sql, rows)
 
-    def _insert_sql(self):
+    def _insert_sql(self, unique=False):
         json_param = self._json_param()
+        key_column, key_param = (", unique_key", ", %s") if unique else ("", "")
         return (
             f"INSERT INTO {self.table} (id, task_path, queue, backend, args, kwargs, status, attempts, worker, "
-            f"enqueued_at, run_after, error, errors, priority) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
-            f"%s, %s, '', {json_param}, %s)"
+            f"enqueued_at, run_after, error, errors, priority{key_column}) VALUES (%s, %s, %s, %s, {json_param}, {json_param}, %s, 0, '', "
+            f"%s, %s, '', {json_param}, %s{key_param})"
         )
 
     def _enqueued_rows(self, envelopes, backend_alias, now, run_after):
@@ -95,6 +96,20 @@ class Recorder:
             (e.id, e.task, e.queue, backend_alias, json.dumps(e.args), json.dumps(e.kwargs), TaskStatus.READY, enqueued_at, due, "[]", e.priority)
             for e in envelopes
         ]
+
+    def insert_unique(self, envelope, backend_alias, now, run_after, unique_key):
+        """insert_enqueued for a unique task: True if the row was written,
+        False if an open row holds ``unique_key`` already.
+
+        ON CONFLICT DO NOTHING against the partial unique index on open rows'
+        keys: a concurrent inserter of the same key waits for the first one's
+        transaction, then inserts nothing.
+        """
+        sql = self._insert_sql(unique=True)
+        [row] = self._enqueued_rows([envelope], backend_alias, now, run_after)
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql + " ON CONFLICT DO NOTHING", (*row, unique_key))
+            return cursor.rowcount == 1
 
     def insert_enqueued_once(self, envelopes, backend_alias, now, run_after=None):
         """insert_enqueued for ids chosen by the caller: a row whose id exists
@@ -137,6 +152,14 @@ class Recorder:
         with self.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return dict(cursor.fetchall())
+
+    def cancel_requested_among(self, ids):
+        """The ids among ``ids`` asked to stop (see TaskRecordQuerySet.cancel)."""
+        return self.rows.cancel_requested_among(ids) if ids else set()
+
+    def record_progress(self, task_id, progress):
+        """A running task's latest progress report."""
+        self.rows.record_progress(task_id, progress)
 
     def checkpoint(self):
         """Fold SQLite's write-ahead log into the database, without blocking.
@@ -202,7 +225,9 @@ class Recorder:
 
     def _finish(self, outcomes):
         sql = (
-            f"UPDATE {self.table} SET status = %s, started_at = %s, finished_at = %s, "
+            # A task asked to stop while it ran ends CANCELLED, whatever it returned.
+            f"UPDATE {self.table} SET status = CASE WHEN cancel_requested THEN '{TaskStatus.CANCELLED}' ELSE %s END, "
+            f"started_at = %s, finished_at = %s, "
             f"result = {self._json_param()} WHERE id = %s AND status IN (%s, %s)"
         )
         rows = [

@@ -22,7 +22,8 @@ from tasks.channel import publish as pubsub
 from tasks import registry
 from tasks.queue.envelope import MAX_PRIORITY, MIN_PRIORITY, valid_priority
 from tasks.conf import mq_settings
-from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, Unavailable
+from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge, QueueFull, TaskAlreadyFinished, Unavailable
+from tasks.queue.backend import cancel
 from tasks.web.health import check_all
 from tasks.models import TaskRecord
 from tasks.web.auth import authenticate
@@ -33,7 +34,8 @@ from tasks.storable import unstorable
 
 logger = logging.getLogger(__name__)
 
-TASK_FIELDS = {"task", "args", "kwargs", "priority"}
+TASK_FIELDS = {"task", "args", "kwargs", "priority", "unique_key"}
+MAX_UNIQUE_KEY = 200
 MESSAGE_FIELDS = {"data", "channel"}
 
 
@@ -161,14 +163,19 @@ def create_task(request, client, payload):
         raise ApiError(400, f"unknown task {path[:200]!r}: not a registered task")
     _check_arguments(task, args, kwargs)
     task = _with_priority(task, payload)
+    key = _unique_key(payload)
     try:
-        result = task.enqueue(*args, **kwargs)
+        if key is not None or mq_settings.task_is_unique(task.module_path):
+            result, created = task.get_backend().enqueue_unique(task, args, kwargs, key=key)
+        else:
+            result, created = task.enqueue(*args, **kwargs), True
     except MessageTooLarge as exc:  # checked before the row is written
         raise ApiError(413, str(exc)) from None
     except ArgumentsNotStorable as exc:
         raise ApiError(400, str(exc)) from None
-    logger.info("event=api_enqueue client=%s task=%s task_id=%s", client, path, result.id)
-    response = JsonResponse({"id": result.id}, status=202)
+    logger.info("event=api_enqueue client=%s task=%s task_id=%s created=%s", client, path, result.id, created)
+    # 200: a unique task's open copy, not a new task.
+    response = JsonResponse({"id": result.id}, status=202 if created else 200)
     response["Location"] = reverse("tasks:api-task", args=[result.id])
     return response
 
@@ -181,6 +188,13 @@ def _with_priority(task, payload):
     if not valid_priority(priority):
         raise ApiError(400, f"'priority' must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
     return task.using(priority=priority)
+
+
+def _unique_key(payload):
+    key = payload.get("unique_key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_UNIQUE_KEY or unstorable(key)):
+        raise ApiError(400, f"'unique_key' must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+    return key
 
 
 def _check_arguments(task, args, kwargs):
@@ -197,12 +211,29 @@ def _check_arguments(task, args, kwargs):
 
 @api_view(["GET", "HEAD"])
 def task_detail(request, task_id, client, payload):
+    return JsonResponse(_record(task_id).as_api_dict())
+
+
+def _record(task_id):
     # An id no row can have (NUL: PostgreSQL refuses even to compare it) is
     # simply not there, rather than a database error.
     record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
     if record is None:
         raise ApiError(404, f"no task with id {task_id[:100]!r}")
-    return JsonResponse(record.as_api_dict())
+    return record
+
+
+@api_view(["POST"])
+def cancel_task(request, task_id, client, payload):
+    """Cancel a task: 200 with its JSON (CANCELLED, or RUNNING with
+    cancel_requested while it stops), 409 if it has finished already."""
+    _record(task_id)
+    try:
+        cancel(task_id)
+    except TaskAlreadyFinished as exc:
+        raise ApiError(409, f"already finished: {exc}") from None
+    logger.info("event=api_cancel client=%s task_id=%s", client, task_id)
+    return JsonResponse(_record(task_id).as_api_dict())
 
 
 @api_view(["POST"], body=True)

@@ -28,16 +28,22 @@ from tasks.conf import mq_settings
 from tasks.exceptions import ForcedStop
 from tasks.logfmt import task_context
 from tasks.models import TaskStatus
-from tasks.queue.backend import context_result, new_task_id, to_json
+from tasks.queue.backend import context_result, finished_result, new_task_id, to_json
 from tasks.queue.envelope import BadMessage, DeadLetter, Envelope, RawPayload, decode, now_iso
 from tasks.queue.recorder import Outcome
+from tasks.signals import listened, task_finished, task_started
 from tasks.storable import printable, unstorable
+from tasks.worker.context import CHECK_SECONDS, TaskControl, WorkerTaskContext
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import lease_clock
-from tasks.worker.outcomes import DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
+from tasks.worker.outcomes import CANCELLED, DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
 from tasks.worker.timelimit import time_limit
 
 logger = logging.getLogger(__name__)
+
+# How long a batch runs before the executor asks which of its remaining tasks
+# were cancelled meanwhile.
+CANCEL_CHECK_SECONDS = CHECK_SECONDS
 
 
 class BatchExecutor:
@@ -62,6 +68,7 @@ class BatchExecutor:
         self.current = None
         self._batch_options = {}
         self._epoch = 0
+        self._send_started = self._send_finished = False
 
     def execute(self, queue, items, epoch):
         """Run a batch taken from ``queue`` while the heartbeat was in ``epoch``;
@@ -72,13 +79,16 @@ class BatchExecutor:
         close_old_connections()
         self._batch_options = {}
         self._epoch = epoch
+        # Asked once a batch: a TaskResult per signal per task only when someone listens.
+        self._send_started, self._send_finished = listened(task_started), listened(task_finished)
         runnable, bad = self._classify(queue, items)
         attempts = self._claim([envelope for _, envelope in runnable])
         ack = Ack()
         self._reject(queue, bad, ack)
 
         unrun, owned = [], True
-        for raw, envelope in runnable:
+        cancelled, check_cancels_at = set(), time.monotonic() + CANCEL_CHECK_SECONDS
+        for index, (raw, envelope) in enumerate(runnable):
             attempt = attempts.get(envelope.id)
             stopping = self.should_stop()
             if attempt is not None and owned and not stopping:
@@ -92,7 +102,19 @@ class BatchExecutor:
                 ack.done.append(raw)
                 ack.finished_ids.append(envelope.id)
                 continue
-            verdict = self._run_to_verdict(raw, envelope, attempt)
+            if time.monotonic() >= check_cancels_at:
+                # A batch that has run a while: ask once for cancels of what is
+                # left of it, never per task (a fast batch asks nothing).
+                rest = [e.id for _, e in runnable[index:] if e.id in attempts]
+                cancelled = self.db(self.recorder.cancel_requested_among, rest)
+                check_cancels_at = time.monotonic() + CANCEL_CHECK_SECONDS
+            if envelope.id in cancelled:
+                verdict = self.cancelled(envelope)
+            else:
+                verdict = self._run_to_verdict(raw, envelope, attempt)
+            if self._send_finished and verdict.retry is None:
+                task = registry.get(envelope.task)
+                self._signal(task_finished, task, finished_result(task, envelope, attempt, self.worker_id, verdict.record))
             ack.add(raw, verdict)
             self._count_and_log(queue, envelope, attempt, verdict)
 
@@ -225,6 +247,9 @@ class BatchExecutor:
         if attempt > max_attempts:
             return self.dead(raw, envelope, attempt)
         started_at = utcnow()
+        if self._send_started:
+            task = registry.get(envelope.task)
+            self._signal(task_started, task, context_result(task, envelope, attempt, self.worker_id, started_at))
         result, error = self._run(envelope, attempt, started_at, limit)
         finished_at = utcnow()
         if error is None:
@@ -238,11 +263,13 @@ class BatchExecutor:
         task = registry.get(envelope.task)
         assert task is not None  # classify() turned unknown tasks into bad messages
         self.current = (envelope, time.monotonic(), limit)
+        control = None
         try:
             with task_context(envelope.id, envelope.task), time_limit(limit):
                 if task.takes_context:
                     running = context_result(task, envelope, attempt, self.worker_id, started_at)
-                    context: TaskContext = TaskContext(task_result=running)
+                    control = TaskControl(envelope.id, self.recorder)
+                    context: TaskContext = WorkerTaskContext(task_result=running, control=control)
                     value = task.call(context, *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
@@ -260,7 +287,16 @@ class BatchExecutor:
             return None, self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
         finally:
             self.current = None
+            if control is not None:
+                control.flush()  # the last progress, however recent the previous write
             fault_point("after_run")
+
+    def _signal(self, signal, task, task_result):
+        """Send a Tasks API signal; a receiver's exception is logged, and
+        changes neither the task's outcome nor the rest of the batch."""
+        for receiver, response in signal.send_robust(type(task.get_backend()), task_result=task_result):
+            if isinstance(response, Exception):
+                logger.error("event=signal_receiver_failed receiver=%s task_id=%s error=%r", getattr(receiver, "__qualname__", receiver), task_result.id, str(response))
 
     # --- one method per verdict ------------------------------------------------
     def succeeded(self, envelope, started_at, finished_at, result):
@@ -295,13 +331,18 @@ class BatchExecutor:
         dead_letter = DeadLetter.of(raw, error["exception"], envelope.id, envelope.task, mq_settings.MQ_MAX_MESSAGE_BYTES)
         return Verdict(DEAD, record, 0.0, dead_letter=dead_letter)
 
+    def cancelled(self, envelope):
+        """Cancelled after the worker took it, before it started: not run."""
+        now = utcnow()
+        return Verdict(CANCELLED, Outcome(envelope.id, TaskStatus.CANCELLED, now, now), 0.0)
+
     def _count_and_log(self, queue, envelope, attempt, verdict):
         self.processed += 1
         if verdict.name == SUCCEEDED:
             log, retry = logger.info, ""
         else:
             log, retry = logger.warning, "" if verdict.retry_in is None else f" retry_in={verdict.retry_in:.2f}"
-            if verdict.name != RETRIED:
+            if verdict.name not in (RETRIED, CANCELLED):
                 self.failed_count += 1
         log(
             "event=task_done task_id=%s task=%s queue=%s worker=%s attempt=%d duration=%.4f outcome=%s%s",

@@ -18,13 +18,15 @@ DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, float("inf"))
 
 # Verdict names: the ``outcome=`` of the task_done log line and the
 # ``outcome:<name>`` counter of /metrics.
-SUCCEEDED, RETRIED, FAILED, DEAD = "succeeded", "retried", "failed", "dead"
+SUCCEEDED, RETRIED, FAILED, DEAD, CANCELLED = "succeeded", "retried", "failed", "dead", "cancelled"
+# Recorded by the success path's one statement: no error to keep.
+WITHOUT_ERROR = (SUCCEEDED, CANCELLED)
 
 
 class Verdict(NamedTuple):
     """One task's end. A named tuple: one is built per task on the hot path."""
 
-    name: str  # SUCCEEDED, RETRIED, FAILED or DEAD
+    name: str  # SUCCEEDED, RETRIED, FAILED, DEAD or CANCELLED
     record: Outcome  # the history row's new state (READY when a retry follows)
     duration: float
     # (raw item, next attempt's envelope, due unix time), for the delayed set
@@ -44,7 +46,7 @@ class Ack:
     def add(self, raw, verdict):
         """A task that ran (or was given up): its item leaves the processing list."""
         self.done.append(raw)
-        if verdict.name == SUCCEEDED:
+        if verdict.name in WITHOUT_ERROR:
             self.successes.append(verdict.record)
         else:
             self.failures.append(verdict.record)

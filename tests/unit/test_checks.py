@@ -33,6 +33,7 @@ BROKEN = [
     ({"MQ_TASK_OPTIONS": {"tasks.tasks.add": {"max_attempts": 0}}}, "mqsite.E014"),
     ({"MQ_TASK_OPTIONS": {"tasks.tasks.add": {"retries": 2}}}, "mqsite.E014"),
     ({"MQ_TASK_OPTIONS": {"tasks.tasks.add": 5}}, "mqsite.E014"),
+    ({"MQ_TASK_OPTIONS": {"tasks.tasks.add": {"unique": "yes"}}}, "mqsite.E014"),
     ({"MQ_LEASE_SECONDS": 0}, "mqsite.E015"),
     ({"MQ_MAX_BATCH": True}, "mqsite.E016"),
     ({"MQ_BATCH_TARGET_SECONDS": -0.5}, "mqsite.E017"),

@@ -28,6 +28,7 @@ def test_history_counts_every_status_even_absent_ones():
         "SUCCESSFUL": 0,
         "FAILED": 0,
         "DEAD": 1,
+        "CANCELLED": 0,
     }
 
 
@@ -162,4 +163,6 @@ def test_as_api_dict_is_the_documented_shape():
         "run_after": None,
         "result": 3,
         "error": "",
+        "cancel_requested": False,
+        "progress": None,
     }

@@ -1,0 +1,92 @@
+"""The ``context`` a ``takes_context=True`` task receives from this worker.
+
+Django's TaskContext carries the running TaskResult only; this subclass adds
+what a long task asks of the worker while it runs: whether it was asked to
+stop, and where to report its progress. Both go through the task's history
+row at most once per CHECK_SECONDS, so a task may call them in a tight loop
+without a query per call; the last progress is written when the run ends.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from numbers import Real
+
+from django.db import DatabaseError
+
+from tasks.compat import TaskContext
+
+logger = logging.getLogger(__name__)
+
+# How long an answer of cancel_requested() is reused, and the least time
+# between two progress writes of one task.
+CHECK_SECONDS = 0.5
+# A progress text is a status line, not a log.
+MAX_PROGRESS_TEXT = 200
+
+
+class TaskControl:
+    """The worker's side of one run: its history row, read through ``recorder``."""
+
+    def __init__(self, task_id, recorder):
+        self.task_id = task_id
+        self.recorder = recorder
+        self._cancel_requested = False
+        self._checked_at = float("-inf")
+        self._progress = None  # the latest value not written yet
+        self._written_at = float("-inf")
+
+    def cancel_requested(self):
+        if self._cancel_requested:
+            return True  # a request is never withdrawn: no more queries
+        now = time.monotonic()
+        if now - self._checked_at >= CHECK_SECONDS:
+            self._checked_at = now
+            self._cancel_requested = bool(self.recorder.cancel_requested_among([self.task_id]))
+        return self._cancel_requested
+
+    def set_progress(self, done, total=None, text=""):
+        if not isinstance(done, Real) or isinstance(done, bool):
+            raise TypeError(f"progress 'done' must be a number, not {type(done).__name__}")
+        if total is not None and (not isinstance(total, Real) or isinstance(total, bool)):
+            raise TypeError(f"progress 'total' must be a number or None, not {type(total).__name__}")
+        self._progress = {"done": done, "total": total, "text": str(text)[:MAX_PROGRESS_TEXT]}
+        if time.monotonic() - self._written_at >= CHECK_SECONDS:
+            self.flush()
+
+    def flush(self):
+        """Write the latest progress, if any is unwritten (the end of a run).
+
+        Progress is a report, not an outcome: a database that does not take
+        it does not fail the task; the value stays pending for the next write.
+        """
+        if self._progress is None:
+            return
+        self._written_at = time.monotonic()
+        try:
+            self.recorder.record_progress(self.task_id, self._progress)
+        except DatabaseError as exc:
+            logger.warning("event=progress_unrecorded task_id=%s error=%r", self.task_id, str(exc))
+            return
+        self._progress = None
+
+
+# frozen, as TaskContext is at run time (a non-frozen subclass is a TypeError);
+# django-stubs declare TaskContext non-frozen, hence the ignore.
+@dataclass(frozen=True, kw_only=True)
+class WorkerTaskContext(TaskContext):  # type: ignore[misc]
+    control: TaskControl = field(repr=False, compare=False)
+
+    def cancel_requested(self):
+        """Whether this task was asked to stop (POST /api/tasks/<id>/cancel,
+        the admin, tasks.queue.backend.cancel). A task that checks it in its
+        loop and returns ends CANCELLED; one that ignores it is stopped at its
+        time limit."""
+        return self.control.cancel_requested()
+
+    def set_progress(self, done, total=None, text=""):
+        """Report progress: ``done`` of ``total`` (numbers; total may be None)
+        and a short ``text``, shown by GET /api/tasks/<id>, the task page and
+        the admin. Written at most every CHECK_SECONDS; the last value is
+        written when the run ends."""
+        self.control.set_progress(done, total, text)

@@ -1,0 +1,58 @@
+"""Progress (DESIGN section 9): reported through the context, stored without
+a write per call, shown by the API and the admin while the task runs."""
+
+import pytest
+
+from tasks.models import TaskRecord, TaskStatus
+from tasks.queue.recorder import Recorder
+from tasks.worker import context as task_context
+from tasks.worker.loop import Worker
+from tests.fixture_tasks import count_with_progress
+from tests.processes import manage, stop, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}
+
+
+@pytest.mark.slow
+def test_progress_is_visible_through_the_api_while_a_worker_runs_the_task(redis_url, client, admin_client, tmp_path):
+    marker = tmp_path / "marker.txt"
+    result = count_with_progress.enqueue(str(marker), 10, 4.0)
+    worker = manage(redis_url, "listen_queue", "--burst")
+    try:
+        wait_for(marker.exists, message="the task to reach halfway")
+        body = wait_for(lambda: client.get(f"/api/tasks/{result.id}", **AUTH).json(), message="the task's JSON")
+        assert body["status"] == TaskStatus.RUNNING
+        assert body["progress"]["total"] == 10 and 1 <= body["progress"]["done"] <= 5
+        page = admin_client.get(f"/admin/tasks/taskrecord/{result.id}/change/").content.decode()
+        assert f"{body['progress']['done']}/10" in page
+        assert worker.wait(60) == 0
+    finally:
+        stop(worker)
+    assert client.get(f"/api/tasks/{result.id}", **AUTH).json()["progress"] == {"done": 10, "total": 10, "text": "step 10"}
+
+
+def test_a_tight_loop_is_throttled_and_the_last_value_written(redis_client, tmp_path, monkeypatch):
+    writes = []
+    real = Recorder.record_progress
+
+    def counting(recorder, task_id, progress):
+        writes.append(progress["done"])
+        return real(recorder, task_id, progress)
+
+    monkeypatch.setattr(Recorder, "record_progress", counting)
+    result = count_with_progress.enqueue(str(tmp_path / "m"), 1000)
+    assert Worker(burst=True).run() == 1
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.status == TaskStatus.SUCCESSFUL
+    assert row.progress == {"done": 1000, "total": 1000, "text": "step 1000"}
+    assert len(writes) < 10 and writes[-1] == 1000 and writes[0] == 1
+
+
+def test_progress_must_be_numbers():
+    control = task_context.TaskControl("x", recorder=None)
+    with pytest.raises(TypeError):
+        control.set_progress("3")
+    with pytest.raises(TypeError):
+        control.set_progress(3, total="10")

@@ -1,0 +1,84 @@
+"""Unique tasks (DESIGN section 9): while a copy is READY, delayed or
+RUNNING, another enqueue returns it; the database's unique index decides,
+also between processes enqueueing at once."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks.models import TaskRecord, TaskStatus
+from tasks.worker.loop import Worker
+from tests.fixture_tasks import append_to_file
+from tests.processes import BASE_DIR, child_env, run_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+AUTH = {"HTTP_AUTHORIZATION": "Bearer test-token"}
+UNIQUE = {"tests.fixture_tasks.append_to_file": {"unique": True}}
+
+ENQUEUE = """
+import os, sys, time, django
+django.setup()
+from tests.fixture_tasks import append_to_file
+go = sys.argv[1]
+while not os.path.exists(go):
+    time.sleep(0.001)
+print(append_to_file.enqueue(sys.argv[2], "once").id)
+"""
+
+
+def runs(path):
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.slow
+def test_eight_processes_enqueue_one_unique_task(redis_url, tmp_path, settings):
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    go, log = tmp_path / "go", tmp_path / "runs.txt"
+    env = child_env(redis_url, MQ_TASK_OPTIONS=UNIQUE)
+    producers = [
+        subprocess.Popen([sys.executable, "-c", ENQUEUE, str(go), str(log)], env=env, cwd=BASE_DIR, stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    time.sleep(1.0)  # let them all reach the starting line (slow starters only make the test easier)
+    go.touch()
+    ids = {producer.communicate(timeout=60)[0].strip() for producer in producers}
+    assert all(producer.returncode == 0 for producer in producers)
+    assert len(ids) == 1 and TaskRecord.objects.count() == 1
+    assert run_manage(redis_url, "listen_queue", "--burst", settings={"MQ_TASK_OPTIONS": UNIQUE}).returncode == 0
+    assert runs(log) == ["once"]
+    [first] = ids
+    assert TaskRecord.objects.get(id=first).status == TaskStatus.SUCCESSFUL
+    again = append_to_file.enqueue(str(log), "once")  # the copy finished: a new task
+    assert again.id != first and TaskRecord.objects.count() == 2
+
+
+def test_a_unique_task_returns_its_open_copy_until_it_finishes(redis_client, tmp_path, settings):
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    log = str(tmp_path / "runs.txt")
+    first = append_to_file.enqueue(log, "a")
+    assert append_to_file.enqueue(log, "a").id == first.id
+    other = append_to_file.enqueue(log, "b")  # other arguments, another task
+    assert other.id != first.id
+    assert Worker(burst=True).run() == 2
+    assert append_to_file.enqueue(log, "a").id != first.id
+
+
+def test_an_explicit_key_through_the_backend_and_the_api(redis_client, client, tmp_path):
+    log = str(tmp_path / "runs.txt")
+    backend = append_to_file.get_backend()
+    first, created = backend.enqueue_unique(append_to_file, [log, "x"], {}, key="nightly")
+    assert created
+    same, created = backend.enqueue_unique(append_to_file, [log, "other args"], {}, key="nightly")
+    assert (same.id, created) == (first.id, False)
+    body = {"task": "tests.fixture_tasks.append_to_file", "args": [log, "y"], "unique_key": "nightly"}
+    response = client.post("/api/tasks", json.dumps(body), content_type="application/json", **AUTH)
+    assert response.status_code == 200 and response.json()["id"] == first.id
+    body["unique_key"] = "another"
+    response = client.post("/api/tasks", json.dumps(body), content_type="application/json", **AUTH)
+    assert response.status_code == 202 and response.json()["id"] != first.id
+    body["unique_key"] = 5
+    assert client.post("/api/tasks", json.dumps(body), content_type="application/json", **AUTH).status_code == 400
