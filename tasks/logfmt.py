@@ -33,7 +33,9 @@ PLAIN_RECORD_SIZE = len(_PLAIN_RECORD)
 TASK_FIELDS = ("task_id", "task")
 # Attributes that are not extra= fields: every record's own, those formatters
 # add, and the task fields, which the filter adds and the line ends with.
-NOT_EXTRA = frozenset(_PLAIN_RECORD) | {"message", "asctime"} | set(TASK_FIELDS)
+# runserver's access lines carry the socket and its own clock as extras:
+# noise, as the message already says what was asked and answered.
+NOT_EXTRA = frozenset(_PLAIN_RECORD) | {"message", "asctime", "request", "server_time"} | set(TASK_FIELDS)
 
 
 @contextmanager
