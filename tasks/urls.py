@@ -17,6 +17,7 @@ urlpatterns = [
     path("favicon.ico", views.favicon, name="favicon"),
     path("prodcons", views.prodcons, name="prodcons"),
     path("pubsub", views.pubsub_page, name="pubsub"),
+    path("tasks/<str:task_id>", views.task_page, name="task"),
     path("api/tasks", api.tasks_collection, name="api-tasks"),
     path("api/tasks/<str:task_id>", api.task_detail, name="api-task"),
     path("api/tasks/<str:task_id>/cancel", api.cancel_task, name="api-task-cancel"),

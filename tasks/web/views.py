@@ -1,4 +1,5 @@
-"""The HTML pages: an index with live figures and the two trigger pages.
+"""The HTML pages: an index with live figures, the two trigger pages, and
+one task's page.
 
 GET never changes anything and is open to all; a POST acts only for a
 logged-in user with the page's permission (the JSON API asks a token for
@@ -13,7 +14,7 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -25,6 +26,8 @@ from tasks.channel import publish as pubsub
 from tasks.conf import mq_settings
 from tasks.web.forms import ProdconsForm, PubsubForm
 from tasks.exceptions import ChannelUnavailable, QueueFull, QueueUnavailable
+from tasks.models import FINAL_STATUSES, TaskRecord
+from tasks.storable import unstorable
 from tasks.web.errors import retry_later
 from tasks.web.status import next_firings, read_snapshot
 from tasks.tasks import cook_dish
@@ -36,6 +39,10 @@ FAVICON = Path(__file__).resolve().parent.parent / "static" / "tasks" / "favicon
 # What a user needs to act on each trigger page: adding the row it writes.
 ENQUEUE_PERMISSION = "tasks.add_taskrecord"
 PUBLISH_PERMISSION = "tasks.add_publishedmessage"
+# A task's page shows its arguments and result: who may read the history may read it.
+VIEW_PERMISSION = "tasks.view_taskrecord"
+# Seconds between reloads of an unfinished task's page (no script needed).
+TASK_PAGE_REFRESH = 2
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
@@ -123,7 +130,7 @@ def pubsub_page(request):
 
 
 def _refuse_unless_permitted(request, permission):
-    """The response to a POST from someone who may not act, or None if they may.
+    """The response to someone who may not act (or read a task), or None if they may.
 
     Anonymous users go to the login page and come back here (?next=); a
     logged-in user without the permission gets 403.
@@ -163,3 +170,24 @@ def _enqueued_message(ids):
             'Enqueued {} {} tasks: {} and <a href="{}">{} more</a>.', len(ids), cook_dish.module_path, links, history, more
         )
     return format_html("Enqueued {} {} tasks: {}.", len(ids), cook_dish.module_path, links)
+
+
+@require_safe
+def task_page(request, task_id):
+    """One task: status (reloading itself until final), progress, attempts
+    with each one's worker and error, timings, result or error."""
+    if refusal := _refuse_unless_permitted(request, VIEW_PERMISSION):
+        return refusal
+    record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
+    if record is None:
+        raise Http404("no such task")
+    final = record.status in FINAL_STATUSES
+    duration = (record.finished_at - record.started_at).total_seconds() if final and record.started_at and record.finished_at else None
+    context = {
+        "task": record,
+        "final": final,
+        "duration": duration,
+        "refresh": None if final else TASK_PAGE_REFRESH,
+        "progress": record.progress,
+    }
+    return render(request, "task.html", context)
