@@ -47,7 +47,13 @@ def test_three_workers_fire_every_tick_exactly_once(redis_url, redis_client, tmp
     # Exactly once: each tick pushed by one worker and run once.
     fired_lines = [line for log in logs for line in log.read_text().splitlines() if "event=schedule_fired schedule=every-second" in line]
     assert sorted(line.split("task_id=")[1].split()[0] for line in fired_lines) == ids
-    assert sorted(runs.read_text().split()) == ids
+    # Run once each: every tick that ran ran once; the workers were stopped
+    # while the newest tick could still be waiting, so it may not have run.
+    ran = sorted(runs.read_text().split())
+    finished = sorted(TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).values_list("id", flat=True))
+    assert ran == finished and len(finished) >= TICKS
+    unrun = TaskRecord.objects.filter(id__in=set(ids) - set(finished))
+    assert set(unrun.values_list("status", flat=True)) <= {TaskStatus.READY}
     assert set(TaskRecord.objects.filter(id__in=ids).values_list("attempts", flat=True)) == {1}
     # The paused schedule fired on no host, while the other one ticked beside it.
     assert not TaskRecord.objects.filter(id__startswith="sched:held:").exists()
