@@ -201,20 +201,20 @@ class Worker:
         limit = self.batch_size
         if self.max_tasks is not None:
             limit = max(1, min(limit, self.max_tasks - self.processed))
-        for queue in self.queues:
-            max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
-            items, too_large = queue.take(self.worker_id, limit, max_bytes)
-            if too_large:
-                messages = [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large]
-                self.executor.record_bad(queue, messages)
-            if items or too_large:
-                return queue, items
+        taken = self._take_waiting(limit)
+        if taken is not None:
+            return taken
         timeout = mq_settings.MQ_BLOCK_SECONDS
         promote = self.chores[PROMOTE]
         if self.burst:
             # A burst run waits only for retries falling due within one block.
             self.chores.expedite(PROMOTE)
             self.chores.run_due(self.clock())
+            # What that promotion just put on a queue is taken before the run
+            # may end: promote reports only what is still waiting after it.
+            taken = self._take_waiting(limit)
+            if taken is not None:
+                return taken
             soonest_due = promote.last_result
             if soonest_due is None or soonest_due - self.clock() > timeout:
                 return None
@@ -223,6 +223,19 @@ class Worker:
         timeout = min(timeout, max(promote.next_run - self.clock(), 0.01))
         item = queue.take_blocking(self.worker_id, timeout)
         return queue, [item] if item is not None else []
+
+    def _take_waiting(self, limit):
+        """(queue, items) from the first queue with something waiting, without
+        blocking; None when every queue is empty."""
+        max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
+        for queue in self.queues:
+            items, too_large = queue.take(self.worker_id, limit, max_bytes)
+            if too_large:
+                messages = [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large]
+                self.executor.record_bad(queue, messages)
+            if items or too_large:
+                return queue, items
+        return None
 
     def _adapt_batch_size(self, ran, seconds):
         if ran:

@@ -227,3 +227,15 @@ def test_each_chore_runs_on_its_own_interval():
     chores.expedite("rarely")
     chores.run_due(110.5)
     assert runs[-1] == ("rarely", 110.5)
+
+
+def test_a_burst_run_takes_what_its_last_promotion_put_on_the_queue(worker, queue, clock):
+    """The promotion a burst run makes before deciding it is done may move
+    the last retry onto the queue; the run takes it rather than ending with
+    the task left waiting for the next worker."""
+    assert worker.step() is None  # nothing anywhere: the promote chore ran, next in one interval
+    envelope = Envelope(id=new_task_id(), task="tasks.tasks.add", queue=queue.name, args=[2, 3], enqueued_at=now_iso())
+    Recorder().insert_enqueued([envelope], "default", timezone.now())
+    queue.schedule(envelope, clock.now - 1)  # already due, but the chore is not
+    assert worker.step() == 1
+    assert TaskRecord.objects.get(id=envelope.id).status == TaskStatus.SUCCESSFUL
