@@ -5,14 +5,13 @@ also between processes enqueueing at once."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.worker.loop import Worker
 from tests.fixture_tasks import append_to_file
-from tests.processes import BASE_DIR, child_env, run_manage
+from tests.processes import BASE_DIR, child_env, run_manage, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,6 +23,7 @@ import os, sys, time, django
 django.setup()
 from tests.fixture_tasks import append_to_file
 go = sys.argv[1]
+open(f"{go}.ready.{os.getpid()}", "w").close()  # at the starting line
 while not os.path.exists(go):
     time.sleep(0.001)
 print(append_to_file.enqueue(sys.argv[2], "once").id)
@@ -43,7 +43,8 @@ def test_eight_processes_enqueue_one_unique_task(redis_url, tmp_path, settings):
         subprocess.Popen([sys.executable, "-c", ENQUEUE, str(go), str(log)], env=env, cwd=BASE_DIR, stdout=subprocess.PIPE, text=True)
         for _ in range(8)
     ]
-    time.sleep(1.0)  # let them all reach the starting line (slow starters only make the test easier)
+    # Go once all eight have started Django and wait at the line.
+    wait_for(lambda: len(list(tmp_path.glob("go.ready.*"))) == 8, timeout=60, message="eight producers ready")
     go.touch()
     ids = {producer.communicate(timeout=60)[0].strip() for producer in producers}
     assert all(producer.returncode == 0 for producer in producers)
