@@ -194,7 +194,7 @@ def test_redis_restart_listeners_come_back_without_a_crash_loop(redis_server, re
     wait_for(lambda: receipt_count(payload="after the restart") == 2, message="both receipts after the restart")
     # Presence vanished with the server's data; the heartbeat puts it back.
     wait_for(
-        lambda: {l["id"] for l in presence.active(redis_client, "listener")} == {"r1", "r2"},
+        lambda: {listener["id"] for listener in presence.active(redis_client, "listener")} == {"r1", "r2"},
         message="listeners registered again",
     )
     for proc in listeners:
@@ -297,10 +297,10 @@ def test_a_receipt_the_database_refuses_is_recorded_failed_and_the_listener_goes
 def test_sigterm_exits_0_and_leaves_the_registry(redis_client, start_listener):
     proc = start_listener("leaving")
     subscribed(redis_client, 1)
-    wait_for(lambda: "leaving" in {l["id"] for l in presence.active(redis_client, "listener")}, message="registered")
+    wait_for(lambda: "leaving" in {listener["id"] for listener in presence.active(redis_client, "listener")}, message="registered")
     assert collect_status()["channels"] == {CHANNEL: 1}
     assert stop(proc) == 0
-    assert "leaving" not in {l["id"] for l in presence.active(redis_client, "listener")}
+    assert "leaving" not in {listener["id"] for listener in presence.active(redis_client, "listener")}
     assert numsub(redis_client) == 0
     assert "event=listener_stop listener=leaving" in log_of(proc)
 

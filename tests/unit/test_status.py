@@ -91,7 +91,7 @@ def test_the_snapshot_holds_what_redis_and_the_database_hold(redis_client):
     assert (default.key, default.pending, default.in_flight, default.delayed, default.dead) == (QUEUE, 1, 0, 1, 1)
     assert default.oldest_pending_age >= 0
     assert default.stats == {"outcome:succeeded": 3.0, "duration_sum": 0.5}
-    assert [w["id"] for w in snapshot.workers] == ["w1"] and [l["id"] for l in snapshot.listeners] == ["l1"]
+    assert [w["id"] for w in snapshot.workers] == ["w1"] and [listener["id"] for listener in snapshot.listeners] == ["l1"]
     assert snapshot.channels == {CHANNEL: 0, "news": 0}
     assert snapshot.history["READY"] == 1 and snapshot.warnings == []
 
