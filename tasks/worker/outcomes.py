@@ -46,6 +46,9 @@ class Ack:
     def add(self, raw, verdict):
         """A task that ran (or was given up): its item leaves the processing list."""
         self.done.append(raw)
+        if verdict.record.error is not None:
+            # The task page's timeline: with its end ("at"), when the attempt started.
+            verdict.record.error["duration"] = round(verdict.duration, 4)
         if verdict.name in WITHOUT_ERROR:
             self.successes.append(verdict.record)
         else:
