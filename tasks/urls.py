@@ -7,6 +7,7 @@ and /metrics also match SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
 from django.urls import path, re_path
 
 from tasks.web import api
+from tasks.web import dashboard
 from tasks.web import metrics
 from tasks.web import taskpage
 from tasks.web import views
@@ -14,7 +15,8 @@ from tasks.web import views
 app_name = "tasks"
 
 urlpatterns = [
-    path("", views.index, name="index"),
+    path("", dashboard.index, name="index"),
+    path("dead-letters/requeue", dashboard.requeue_dead_letter, name="requeue-dead-letter"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("prodcons", views.prodcons, name="prodcons"),
     path("pubsub", views.pubsub_page, name="pubsub"),

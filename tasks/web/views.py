@@ -27,7 +27,6 @@ from tasks.web.forms import ProdconsForm, PubsubForm
 from tasks.exceptions import ChannelUnavailable, QueueFull, QueueUnavailable
 from tasks.web.access import refuse_unless_permitted
 from tasks.web.errors import retry_later
-from tasks.web.status import next_firings, read_snapshot
 from tasks.tasks import cook_dish
 
 # A message names at most this many task ids; the admin lists the rest.
@@ -43,15 +42,6 @@ PUBLISH_PERMISSION = "tasks.add_publishedmessage"
 
 class HttpResponseSeeOther(HttpResponseRedirect):
     status_code = 303
-
-
-@require_safe
-def index(request):
-    snapshot = read_snapshot()
-    # Without Redis the page still shows the history, which lives in the database.
-    snapshot.raise_if_down(redis=False)
-    context = {"status": snapshot.as_status(), "redis_down": not snapshot.redis_up, "next_firings": next_firings(snapshot.schedules)}
-    return render(request, "index.html", context)
 
 
 @require_safe
