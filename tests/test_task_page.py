@@ -120,11 +120,16 @@ def test_the_status_json_refuses_with_json_not_a_login_redirect(client):
     assert client.get(f"/tasks/{task.id}/status").status_code == 403
 
 
-@pytest.mark.parametrize("task_id", ["missing", "a%00b", "x" * 5000, "%ED%A0%80", "<script>", "..%2F..%2Fetc"])
+@pytest.mark.parametrize("task_id", ["missing", "a%00b", "x" * 5000, "%ED%A0%80", "<script>", "' OR 1=1 --"])
 def test_the_status_json_of_an_unknown_or_hostile_id_is_a_json_404(client, task_id):
     client.force_login(reader())
     response = client.get(f"/tasks/{task_id}/status")
     assert response.status_code == 404 and response.json() == {"error": "not_found"}
+
+
+def test_a_path_outside_the_route_is_a_plain_404(client):
+    client.force_login(reader())
+    assert client.get("/tasks/..%2F..%2Fetc/status").status_code == 404
 
 
 def test_the_status_json_is_read_only(client):

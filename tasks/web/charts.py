@@ -84,7 +84,7 @@ def rate_polylines(chart):
     return {"top": top, "ok": points(chart.ok), "err": points(chart.err), "window": RATES_WINDOW // 60}
 
 
-def bars(values, width=WIDTH - 160):
-    """[(label, value, bar length)] scaled to the largest value."""
+def bars(values):
+    """[(label, value, percent of the largest value)], for bars drawn in CSS."""
     peak = max([v for _, v in values] + [0])
-    return [(label, value, (value / peak * width) if peak else 0) for label, value in values]
+    return [(label, value, (value / peak * 100) if peak else 0) for label, value in values]

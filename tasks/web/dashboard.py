@@ -50,7 +50,6 @@ def _charts(snapshot):
     return {
         "charts": [{"queue": chart, "lines": rate_polylines(chart)} for chart in charts],
         "depth_bars": bars(depth),
-        "depth_height": 24 * len(depth),
         "latency_rows": [chart for chart in charts if chart.latency],
     }
 
