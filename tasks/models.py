@@ -324,6 +324,12 @@ def _iso(moment):
     return moment.isoformat() if moment else None
 
 
+def excerpt(text, length=24):
+    """The start of a message, on one line, for titles."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= length else flat[:length] + "..."
+
+
 class PublishedMessage(models.Model):
     """One row per broadcast, written by tasks.channel.publish.publish.
 
@@ -343,7 +349,10 @@ class PublishedMessage(models.Model):
         indexes = [models.Index(fields=["channel", "digest", "published_at"], name="published_by_digest")]
 
     def __str__(self):
-        return f"{self.channel} @ {self.published_at:%Y-%m-%d %H:%M:%S} -> {self.receivers}"
+        # What the admin's page title and breadcrumbs show: what was said,
+        # where, and to how many (not just when).
+        listeners = "listener" if self.receivers == 1 else "listeners"
+        return f"{self.channel}: {excerpt(self.payload)} -> {self.receivers} {listeners}"
 
 
 class ReceivedMessage(models.Model):
@@ -380,7 +389,7 @@ class ReceivedMessage(models.Model):
         indexes = [models.Index(fields=["channel", "digest", "received_at"], name="received_by_digest")]
 
     def __str__(self):
-        return f"{self.listener} <- {self.channel} @ {self.received_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.listener} <- {self.channel}: {excerpt(self.payload)}"
 
 
 # Periodic tasks' state lives in its own module; imported here so Django
