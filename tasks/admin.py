@@ -43,10 +43,14 @@ admin.site.enable_nav_sidebar = False
 
 
 def _seconds(moment):
-    """A time to the second, in the current time zone: the list's times."""
+    """A time to the second, in the current time zone: the list's times.
+    Today's show the time alone (narrow columns); the full one is on hover."""
     if moment is None:
         return "-"
-    return format_html('<time datetime="{}">{}</time>', moment.isoformat(timespec="seconds"), timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S"))
+    local = timezone.localtime(moment)
+    full = local.strftime("%Y-%m-%d %H:%M:%S")
+    shown = local.strftime("%H:%M:%S") if local.date() == timezone.localdate() else full
+    return format_html('<time datetime="{}" title="{}">{}</time>', moment.isoformat(timespec="seconds"), full, shown)
 
 
 def _preview(text):
@@ -144,9 +148,9 @@ class DelayedFilter(admin.SimpleListFilter):
 class TaskRecordAdmin(ReadOnlyAdmin):
     # What matters first, readable at 1280 px: the id is shortened (in full
     # on hover and on its page), times show seconds, the duration is computed.
-    # Worker and "delayed until" are on each row's page and in the filters.
+    # The worker is on each row's page.
     list_display = [
-        "short_id", "status_badge", "task_path", "queue", "priority", "attempts", "task_progress", "duration", "finished",
+        "short_id", "status_badge", "task_path", "queue", "priority", "attempts", "task_progress", "duration", "run_after_s", "finished",
     ]
     # No date_hierarchy and no plain column filters: both list their choices
     # with a scan of the whole table (tasks/admin_filters.py).
@@ -190,6 +194,10 @@ class TaskRecordAdmin(ReadOnlyAdmin):
         if not (record.started_at and record.finished_at):
             return "-"
         return f"{(record.finished_at - record.started_at).total_seconds():.3f} s"
+
+    @admin.display(description="delayed until", ordering="run_after")
+    def run_after_s(self, record):
+        return _seconds(record.run_after)
 
     @admin.display(description="finished", ordering="finished_at")
     def finished(self, record):
