@@ -9,23 +9,23 @@ its raw SQL, in tasks/queue/recorder.py.
 
 from django.db import connections, models, router, transaction
 from django.utils import timezone
-from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext_lazy
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
 from tasks.exceptions import TaskAlreadyFinished
 
 
 class TaskStatus(models.TextChoices):
-    READY = "READY", _("Ready")
-    RUNNING = "RUNNING", _("Running")
-    SUCCESSFUL = "SUCCESSFUL", _("Successful")
-    FAILED = "FAILED", _("Failed")
+    READY = "READY", gettext_lazy("Ready")
+    RUNNING = "RUNNING", gettext_lazy("Running")
+    SUCCESSFUL = "SUCCESSFUL", gettext_lazy("Successful")
+    FAILED = "FAILED", gettext_lazy("Failed")
     # Never completed: a bad message, an unknown task, or a task that kept
     # killing its workers. Reported as FAILED through the Tasks API.
-    DEAD = "DEAD", _("Dead")
+    DEAD = "DEAD", gettext_lazy("Dead")
     # Cancelled before it ran, or stopped on request while it ran. Reported
     # as FAILED through the Tasks API.
-    CANCELLED = "CANCELLED", _("Cancelled")
+    CANCELLED = "CANCELLED", gettext_lazy("Cancelled")
 
 
 FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.backend import queue_for
 from tasks.tasks import always_fails, cook_dish
-from tasks.web.charts import bars, per_second, percentile, rate_polylines, QueueChart
+from tasks.web.charts import QueueChart, bars, per_second, percentile, rate_polylines
 from tasks.worker.loop import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -3,7 +3,7 @@ ISO time on hover and in ``datetime`` for machines. static/tasks/ages.js
 recounts the ages every second from that attribute, with the same wording
 (the formats ride on <body>, see base.html)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django import template
 from django.utils.html import format_html
@@ -24,12 +24,12 @@ FORMATS = {
 
 def _moment(value):
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def age_text(moment, now):
@@ -55,7 +55,7 @@ def ago(value, now=None):
     if moment is None:
         return value
     iso = moment.isoformat(timespec="seconds")
-    return format_html('<time datetime="{}" title="{}">{}</time>', iso, iso, age_text(moment, now or datetime.now(timezone.utc)))
+    return format_html('<time datetime="{}" title="{}">{}</time>', iso, iso, age_text(moment, now or datetime.now(UTC)))
 
 
 @register.simple_tag

@@ -5,8 +5,8 @@ permission, POST with CSRF, as the admin's action does).
 """
 
 from django.contrib import messages
-from django.http import HttpResponseRedirect
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone

@@ -7,7 +7,7 @@ in the same round trip: outcomes, and task durations as histogram buckets.
 """
 
 from bisect import bisect_left
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from tasks.backoff import backoff_delay
@@ -82,7 +82,7 @@ class Ack:
         except (TypeError, ValueError):  # a foreign producer's item carries no time
             return
         if enqueued.tzinfo is None:
-            enqueued = enqueued.replace(tzinfo=timezone.utc)
+            enqueued = enqueued.replace(tzinfo=UTC)
         self.latencies.append(round(max(0.0, (verdict.record.started_at - enqueued).total_seconds()) * 1000, 1))
 
     def count(self, verdict, duration):
