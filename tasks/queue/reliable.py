@@ -354,8 +354,17 @@ class ReliableQueue:
         return series
 
     def latencies(self):
-        """The latest enqueue-to-start latencies, in milliseconds, newest first."""
-        return [float(v) for v in self.client.lrange(keys.latencies(self.key), 0, LATENCIES_KEPT - 1)]
+        """The latest enqueue-to-start latencies, in milliseconds, newest first
+        (an entry no worker wrote, not a number, is left out)."""
+        values = []
+        for raw in self.client.lrange(keys.latencies(self.key), 0, LATENCIES_KEPT - 1):
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if value == value and value not in (float("inf"), float("-inf")):  # NaN and infinities sort nowhere
+                values.append(value)
+        return values
 
 
 def _enqueued_at(item):

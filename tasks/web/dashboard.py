@@ -37,6 +37,8 @@ def index(request):
         "redis_down": not snapshot.redis_up,
         "next_firings": next_firings(snapshot.schedules),
         "running": _running(),
+        # The history's statuses as the reader's language says them.
+        "history": [(TaskStatus(name).label, count) for name, count in (snapshot.history or {}).items() if name in TaskStatus.values],
         "may_requeue": request.user.is_staff and request.user.has_perm(OPERATE_PERMISSION),
     }
     if snapshot.redis_up:

@@ -279,6 +279,11 @@ def test_ack_keeps_the_latest_latencies_newest_first_capped(client, queue, monke
     assert queue.latencies() == [4.5, 3.5, 2.5]
 
 
+def test_latencies_ignore_entries_no_worker_writes(client, queue):
+    client.lpush(keys.latencies(QUEUE), "12.5", "junk", "nan", "inf", "", "7")
+    assert queue.latencies() == [7.0, 12.5]
+
+
 # --- RECOVER (recover_expired, recover_own, release) ------------------------------
 
 
