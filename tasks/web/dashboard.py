@@ -76,6 +76,7 @@ def _dead_letters():
     statuses = dict(TaskRecord.objects.filter(id__in=ids).values_list("id", "status"))
     for letter in letters:
         letter["status"] = statuses.get(str(letter.get("id", "")))
+        letter["status_label"] = TaskStatus(letter["status"]).label if letter["status"] in TaskStatus.values else ""
         letter["requeueable"] = letter["status"] in REQUEUEABLE
     return letters
 
