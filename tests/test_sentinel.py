@@ -1,0 +1,127 @@
+"""Redis Sentinel (DESIGN section 10): a real master, replica and three
+sentinels; two workers and a listener ride out a failover by themselves.
+
+Each test starts its own deployment (tests/topology_servers.py), drains
+2,000 tasks with two `listen_queue` processes and one `listen_channel`
+process, and fails the master over in the middle of the run: once by
+`SENTINEL FAILOVER`, once by SIGKILL. Then every task is SUCCESSFUL exactly
+once in the history and ran exactly once, the same worker processes are
+still running, and the listener receives what is published to the new master.
+"""
+
+import json
+
+import pytest
+from django.conf import settings
+
+from tasks.channel.publish import publish
+from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
+from tasks.queue.connection import reset_clients
+from tasks.web.health import check_all
+from tests.fixture_tasks import append_slowly
+from tests.processes import manage, run_manage, stop, wait_for
+from tests.topology_servers import SentinelDeployment, binaries
+
+pytestmark = [
+    pytest.mark.topology,
+    pytest.mark.no_redis,  # not the suite's server: a deployment of its own
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(binaries() is None, reason="redis-server and redis-cli (package redis-server) are needed"),
+]
+
+TASKS = 2000
+# Short leases: a lease the dead master took along is noticed soon.
+WORKER_SETTINGS = {"MQ_LEASE_SECONDS": 2.0, "MQ_SOCKET_TIMEOUT": 2.0, "MQ_BLOCK_SECONDS": 0.5}
+
+
+@pytest.fixture
+def deployment(tmp_path, settings):
+    sentinel = SentinelDeployment(tmp_path / "sentinel").start()
+    settings.MQ_REDIS_URL = sentinel.url
+    reset_clients()
+    yield sentinel
+    reset_clients()
+    sentinel.stop()
+
+
+def successful():
+    return TaskRecord.objects.filter(status=TaskStatus.SUCCESSFUL).count()
+
+
+def drain_through_a_failover(deployment, tmp_path, fail_over):
+    """Run the scenario; ``fail_over(deployment)`` is called mid-run."""
+    log = tmp_path / "runs.txt"
+    calls = [((str(log), f"task-{n}", 0.005), {}) for n in range(TASKS)]
+    results = append_slowly.get_backend().enqueue_many(append_slowly, calls)
+    ids = {result.id for result in results}
+    url = deployment.url
+    workers = [
+        manage(url, "listen_queue", "--worker-id", f"w{i}", settings=WORKER_SETTINGS, log_path=tmp_path / f"w{i}.log")
+        for i in range(2)
+    ]
+    listener = manage(url, "listen_channel", "--listener-id", "l1", settings=WORKER_SETTINGS, log_path=tmp_path / "l1.log")
+    try:
+        wait_for(lambda: successful() >= TASKS // 5, timeout=60, message="a fifth of the tasks done")
+        old_master = deployment.master_address()
+        fail_over(deployment)
+        wait_for(lambda: deployment.master_address() != old_master, timeout=30, message="a new master")
+        # The failover really happened mid-run: work was left for the new master.
+        assert successful() < TASKS
+        new_master = deployment.master_address()
+
+        # Publish-subscribe is at-most-once: a message published while the
+        # listener resubscribes is lost, so publish until one arrives.
+        def received_after_failover():
+            publish(f"after {new_master}", "task:pubsub:channel")
+            return ReceivedMessage.objects.filter(payload=f"after {new_master}").exists()
+
+        wait_for(received_after_failover, timeout=30, interval=0.5, message="the listener to hear the new master")
+        wait_for(lambda: successful() == TASKS, timeout=120, message="every task done")
+        assert all(worker.poll() is None for worker in workers), "a worker exited (or was restarted)"
+        assert listener.poll() is None
+    finally:
+        for process in [*workers, listener]:
+            stop(process)
+
+    rows = TaskRecord.objects.filter(id__in=ids)
+    assert rows.count() == TASKS and set(rows.values_list("status", flat=True)) == {TaskStatus.SUCCESSFUL}
+    runs = log.read_text().split()
+    assert len(runs) == TASKS and len(set(runs)) == TASKS, "some task ran twice"
+
+    # Where writes go now, named by queue_status and /healthz.
+    status = run_manage(url, "queue_status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["redis"] == {"kind": "sentinel", "master": new_master}
+    text = run_manage(url, "queue_status")
+    assert f"redis sentinel: master={new_master}" in text.stdout
+    healthy, report = check_all()
+    assert healthy and report["redis"]["master"] == new_master
+
+    # One line when the master went, one when the new one answered (or none
+    # at all for a worker that was between calls); never a crash loop.
+    for i in range(2):
+        worker_log = (tmp_path / f"w{i}.log").read_text()
+        downs, backs = worker_log.count("event=redis_down"), worker_log.count("event=redis_back")
+        assert downs == backs <= 1, worker_log[-3000:]
+        assert "Traceback" not in worker_log
+    listener_log = (tmp_path / "l1.log").read_text()
+    assert listener_log.count("event=channel_down") == listener_log.count("event=resubscribed") <= 1, listener_log[-3000:]
+    return old_master, new_master
+
+
+@pytest.mark.slow
+def test_sentinel_failover_mid_run_loses_and_repeats_nothing(deployment, tmp_path):
+    drain_through_a_failover(deployment, tmp_path, lambda d: d.failover())
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_master_mid_run_loses_and_repeats_nothing(deployment, tmp_path):
+    drain_through_a_failover(deployment, tmp_path, lambda d: d.node_at(d.master_address()).kill())
+
+
+def test_the_settings_url_reaches_the_master(deployment):
+    """The URL form the README documents, with the sentinels' own password."""
+    assert settings.MQ_REDIS_URL.startswith("redis+sentinel://:")
+    healthy, report = check_all()
+    assert healthy and report["redis"]["kind"] == "sentinel"
+    assert report["redis"]["master"] == deployment.master_address() == deployment.master.address
