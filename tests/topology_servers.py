@@ -163,6 +163,19 @@ class SentinelDeployment:
     def node_at(self, address):
         return next(n for n in (self.master, self.replica) if n.address == address)
 
+    def revive(self, node):
+        """Start a killed data node again; the sentinels make it a replica of
+        the current master. Returns once it is synced and they see it healthy,
+        so the next failover has somewhere to go."""
+        node.start()
+
+        def healthy_replica():
+            replicas = self.sentinels[0].client().sentinel_slaves(SERVICE)
+            mine = [r for r in replicas if f"{r['ip']}:{r['port']}" == node.address]
+            return mine and mine[0]["flags"] == "slave" and node.client().info("replication").get("master_link_status") == "up"
+
+        wait_until(healthy_replica, 30, f"{node.address} to come back as a synced replica")
+
     def failover(self):
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
 
