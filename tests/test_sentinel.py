@@ -70,7 +70,7 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
     ]
     listener = manage(url, "listen_channel", "--listener-id", "l1", settings=WORKER_SETTINGS, log_path=tmp_path / "l1.log")
     try:
-        wait_for(lambda: successful() >= TASKS // 10, timeout=60, message="a tenth of the tasks done")
+        wait_for(lambda: successful() >= TASKS // 10, timeout=60, interval=0.25, message="a tenth of the tasks done")
         old_master = deployment.master_address()
         fail_over(deployment)
         wait_for(lambda: deployment.master_address() != old_master, timeout=30, message="a new master")
@@ -85,7 +85,7 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
             return ReceivedMessage.objects.filter(payload=f"after {new_master}").exists()
 
         wait_for(received_after_failover, timeout=30, interval=0.5, message="the listener to hear the new master")
-        wait_for(lambda: successful() == TASKS, timeout=120, message="every task done")
+        wait_for(lambda: successful() == TASKS, timeout=120, interval=0.25, message="every task done")
         assert all(worker.poll() is None for worker in workers), "a worker exited (or was restarted)"
         assert listener.poll() is None
     finally:

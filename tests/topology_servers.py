@@ -168,6 +168,10 @@ class SentinelDeployment:
         the current master. Returns once it is synced and they see it healthy,
         so the next failover has somewhere to go."""
         node.start()
+        # What the sentinels would do themselves on their next look at it,
+        # done now so that the test need not wait for that look.
+        host, port = self.master_address().split(":")
+        node.client().replicaof(host, port)
 
         def healthy_replica():
             replicas = self.sentinels[0].client().sentinel_slaves(SERVICE)
@@ -221,12 +225,15 @@ class ClusterDeployment:
             capture_output=True,
             timeout=60,
         )
-        wait_until(lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO") for n in self.nodes), 30, "cluster_state:ok")
-        wait_until(self._replicas_linked, 30, "every replica to sync")
+        wait_until(self.settled, 30, "cluster_state:ok and every replica synced")
         return self
 
-    def _replicas_linked(self):
-        infos = [n.client().info("replication") for n in self.nodes]
+    def settled(self):
+        """Every live node says cluster_state:ok and every replica is synced."""
+        live = [n for n in self.nodes if n.process and n.process.poll() is None]
+        if not all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO") for n in live):
+            return False
+        infos = [n.client().info("replication") for n in live]
         return all(i.get("master_link_status") == "up" for i in infos if i["role"] == "slave")
 
     @property
