@@ -27,10 +27,10 @@ and lands on the new owner.
 
 import time
 
-from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from tasks.exceptions import ConnectionDead
+from tasks.queue import topology
 
 PING_TOKEN = b"mq-listener-ping"
 MESSAGE_TYPES = ("message", "pmessage", "smessage")
@@ -44,7 +44,7 @@ PATTERNS_ON_CLUSTER = (
 
 def sharded(client):
     """Whether channels on this client are sharded (SPUBLISH/SSUBSCRIBE): on Redis Cluster."""
-    return isinstance(client, RedisCluster)
+    return topology.is_cluster(client)
 
 
 class _Leg:

@@ -6,7 +6,6 @@ Protocol: it knows Redis and nothing of the ORM or HTTP. The read model
 (tasks/web/status.py) and /healthz ask here, so no view drives a client.
 """
 
-from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from tasks.conf import mq_settings
@@ -34,7 +33,7 @@ class Server:
         shows a listener that is registered but not actually subscribed."""
         names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
         names = list(dict.fromkeys(names))
-        if isinstance(self.client, RedisCluster):
+        if topology.is_cluster(self.client):
             # Sharded channels: each counted on its own slot's master.
             return {
                 as_text(name): count

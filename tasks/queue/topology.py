@@ -21,6 +21,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 SINGLE, SENTINEL, CLUSTER = "single", "sentinel", "cluster"
@@ -113,7 +116,51 @@ def make_client(topology, **options):
             **sentinel_options,
         )
         return sentinel.master_for(topology.service, db=topology.db, **auth, **options)
-    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.hosts], **auth, **options)
+    return LazyCluster(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.hosts], **auth, **options))
+
+
+class LazyCluster:
+    """A RedisCluster made on first use, and made again on the next use
+    while that fails.
+
+    RedisCluster asks a node for the slot map in its constructor, so a
+    worker or listener started while the cluster is down would crash where,
+    on one server, it waits for Redis to answer. Here the failure surfaces
+    as a ConnectionError on the first command instead, which every caller
+    already rides out. Everything else is the RedisCluster's own.
+    """
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._client = None
+
+    @property
+    def cluster(self):
+        if self._client is None:
+            try:
+                self._client = self._factory()
+            except RedisClusterException as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+        return self._client
+
+    def __getattr__(self, name):
+        return getattr(self.cluster, name)
+
+    # A queue registers its scripts when it is made, before any command:
+    # neither may connect. Scripts are encoded as RedisCluster does by default.
+    def register_script(self, script):
+        return Script(self, script)
+
+    def get_encoder(self):
+        return Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+
+
+def is_cluster(client):
+    return isinstance(client, (RedisCluster, LazyCluster))
 
 
 def current_master(client):
@@ -121,7 +168,7 @@ def current_master(client):
     Sentinel-managed master, or the cluster's masters joined by commas. It
     asks the sentinels (or the cluster) afresh, so after a failover it names
     the new master. Raises RedisError when nobody answers."""
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         client.nodes_manager.initialize()
         return ",".join(sorted(node.name for node in client.get_primaries()))
     pool = client.connection_pool
@@ -135,6 +182,6 @@ def current_master(client):
 
 
 def kind_of(client):
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         return CLUSTER
     return SENTINEL if hasattr(client.connection_pool, "service_name") else SINGLE
