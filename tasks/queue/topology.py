@@ -16,6 +16,7 @@ unless ``?sentinel_password=`` names theirs (``sentinel_password=`` empty:
 sentinels without a password).
 """
 
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,7 +25,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Encoder
 from redis.exceptions import RedisClusterException
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 SINGLE, SENTINEL, CLUSTER = "single", "sentinel", "cluster"
 SCHEMES = {
@@ -115,8 +116,44 @@ def make_client(topology, **options):
             sentinel_kwargs={**sentinel_options, "password": topology.sentinel_password, "ssl": topology.tls},
             **sentinel_options,
         )
-        return sentinel.master_for(topology.service, db=topology.db, **auth, **options)
+        return sentinel.master_for(
+            topology.service, db=topology.db, connection_pool_class=FollowingSentinelPool, **auth, **options
+        )
     return LazyCluster(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.hosts], **auth, **options))
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """Leaves an old master within a second of the sentinels naming a new one.
+
+    redis-py asks the sentinels only when it opens a connection. After a
+    SENTINEL FAILOVER the old master stays up and writable until the
+    sentinels demote it, about ten seconds later, and pooled connections
+    would go on using it: a worker would take, run and acknowledge tasks on
+    a server whose data is then thrown away, while the others work on the
+    new one. So at most once a second, before handing out a connection, the
+    pool asks the sentinels; when the master moved, redis-py's own
+    bookkeeping drops the idle connections at once and the busy ones when
+    they come back (SentinelConnectionPool.owns_connection).
+    """
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._next_check = 0.0
+
+    def get_connection(self, *args, **kwargs):
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.CHECK_SECONDS
+            try:
+                self.get_master_address()
+            except MasterNotFoundError:
+                pass  # the connection's own connect reports it, the caller rides it out
+        connection = super().get_connection(*args, **kwargs)
+        if connection.host and self.master_address and (connection.host, connection.port) != self.master_address:
+            connection.disconnect()  # connected to the old master: the next command reconnects to the new one
+        return connection
 
 
 class LazyCluster:
@@ -172,8 +209,8 @@ def current_master(client):
         client.nodes_manager.initialize()
         return ",".join(sorted(node.name for node in client.get_primaries()))
     pool = client.connection_pool
-    if hasattr(pool, "service_name"):  # a SentinelConnectionPool
-        host, port = pool.sentinel_manager.discover_master(pool.service_name)
+    if isinstance(pool, SentinelConnectionPool):
+        host, port = pool.get_master_address()  # asks the sentinels, and follows a move
         return f"{host}:{port}"
     kwargs = pool.connection_kwargs
     if "path" in kwargs:
@@ -184,4 +221,4 @@ def current_master(client):
 def kind_of(client):
     if is_cluster(client):
         return CLUSTER
-    return SENTINEL if hasattr(client.connection_pool, "service_name") else SINGLE
+    return SENTINEL if isinstance(client.connection_pool, SentinelConnectionPool) else SINGLE
