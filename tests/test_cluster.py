@@ -75,7 +75,9 @@ def test_queues_live_on_different_masters_and_drain(cluster, url, tmp_path):
     assert status.returncode == 0, status.stderr
     document = json.loads(status.stdout)
     assert document["redis"]["kind"] == "cluster"
-    assert set(document["redis"]["master"].split(",")) == {n.address for n in cluster.nodes if n.client().info("replication")["role"] == "master"}
+    assert set(document["redis"]["master"].split(",")) == {
+        n.address for n in cluster.nodes if n.client().info("replication")["role"] == "master"
+    }
     assert {name: q["pending"] + q["in_flight"] for name, q in document["queues"].items()} == {"default": 0, "slow": 0}
     assert document["history"]["SUCCESSFUL"] == 101
 
@@ -105,7 +107,11 @@ def test_a_killed_workers_tasks_are_recovered(url, tmp_path):
     slow = sleep_for.using(queue_name="slow").enqueue(3)
     ids = [slow.id] + [append_to_file.using(queue_name="slow").enqueue(str(log), f"l{i}").id for i in range(20)]
     victim = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "victim", settings=WORKER_SETTINGS)
-    wait_for(lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(), timeout=30, message="slow task running")
+    wait_for(
+        lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(),
+        timeout=30,
+        message="slow task running",
+    )
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     rescuer = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "rescuer", settings=WORKER_SETTINGS)
@@ -125,11 +131,23 @@ def test_a_killed_workers_tasks_are_recovered(url, tmp_path):
 def test_sharded_publish_reaches_a_listener_and_is_counted(url, tmp_path, cluster):
     other = "news:eu"
     assert cluster.owner_of(CHANNEL) is not cluster.owner_of(other)  # two legs, two masters
-    listener = manage(url, "listen_channel", "--listener-id", "cl1", "--channel", CHANNEL, "--channel", other, log_path=tmp_path / "l.log")
+    listener = manage(
+        url,
+        "listen_channel",
+        "--listener-id",
+        "cl1",
+        "--channel",
+        CHANNEL,
+        "--channel",
+        other,
+        log_path=tmp_path / "l.log",
+    )
     try:
         # PUBSUB SHARDNUMSUB, asked of each channel's own master.
-        counts = lambda: Server().channel_subscribers([{"channels": [other]}])  # noqa: E731
-        wait_for(lambda: counts() == {CHANNEL: 1, other: 1}, timeout=30, interval=0.25, message="SSUBSCRIBE on both masters")
+        counts = lambda: Server().channel_subscribers([{"channels": [other]}])
+        wait_for(
+            lambda: counts() == {CHANNEL: 1, other: 1}, timeout=30, interval=0.25, message="SSUBSCRIBE on both masters"
+        )
         assert publish("to the default channel", CHANNEL) == 1
         assert publish({"region": "eu"}, other) == 1
         wait_for(lambda: ReceivedMessage.objects.count() == 2, timeout=20, message="both messages received")
@@ -152,9 +170,23 @@ def test_sigkill_of_a_master_holding_a_queue_loses_no_task(cluster, url, tmp_pat
     log = tmp_path / "runs.txt"
     key = queue_for("slow").key
     calls = [((str(log), f"t{n}", 0.005), {}) for n in range(500)]
-    ids = {r.id for r in append_slowly.using(queue_name="slow").get_backend().enqueue_many(append_slowly.using(queue_name="slow"), calls)}
-    worker = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "survivor", settings=WORKER_SETTINGS, log_path=tmp_path / "w.log")
-    done = lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count()  # noqa: E731
+    ids = {
+        r.id
+        for r in append_slowly.using(queue_name="slow")
+        .get_backend()
+        .enqueue_many(append_slowly.using(queue_name="slow"), calls)
+    }
+    worker = manage(
+        url,
+        "listen_queue",
+        "--queue",
+        "slow",
+        "--worker-id",
+        "survivor",
+        settings=WORKER_SETTINGS,
+        log_path=tmp_path / "w.log",
+    )
+    done = lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count()
     try:
         wait_for(lambda: done() >= 50, timeout=60, interval=0.25, message="some tasks done")
         victim = cluster.owner_of(key)

@@ -76,7 +76,9 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
         manage(url, "listen_queue", "--worker-id", f"w{i}", settings=WORKER_SETTINGS, log_path=tmp_path / f"w{i}.log")
         for i in range(2)
     ]
-    listener = manage(url, "listen_channel", "--listener-id", "l1", settings=WORKER_SETTINGS, log_path=tmp_path / "l1.log")
+    listener = manage(
+        url, "listen_channel", "--listener-id", "l1", settings=WORKER_SETTINGS, log_path=tmp_path / "l1.log"
+    )
     try:
         wait_for(lambda: successful() >= TASKS // 10, timeout=60, interval=0.25, message="a tenth of the tasks done")
         old_master = deployment.master_address()
@@ -125,7 +127,9 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
         assert downs == backs <= 1, worker_log[-3000:]
         assert "Traceback" not in worker_log
     listener_log = (tmp_path / "l1.log").read_text()
-    assert listener_log.count("event=channel_down") == listener_log.count("event=resubscribed") <= 1, listener_log[-3000:]
+    assert listener_log.count("event=channel_down") == listener_log.count("event=resubscribed") <= 1, listener_log[
+        -3000:
+    ]
     return old_master, new_master
 
 

@@ -116,7 +116,7 @@ class SentinelDeployment:
     def __init__(self, workdir):
         workdir = Path(workdir)
         self.password = secrets.token_urlsafe(24)
-        data = ["save \"\"", "appendonly no", f"masterauth {self.password}"]
+        data = ['save ""', "appendonly no", f"masterauth {self.password}"]
         self.master = Node(workdir / "master", self.password, data)
         self.replica = Node(workdir / "replica", self.password, data)
         self.sentinels = [Node(workdir / f"sentinel{i}", self.password, [], sentinel=True) for i in range(3)]
@@ -176,7 +176,11 @@ class SentinelDeployment:
         def healthy_replica():
             replicas = self.sentinels[0].client().sentinel_slaves(SERVICE)
             mine = [r for r in replicas if f"{r['ip']}:{r['port']}" == node.address]
-            return mine and mine[0]["flags"] == "slave" and node.client().info("replication").get("master_link_status") == "up"
+            return (
+                mine
+                and mine[0]["flags"] == "slave"
+                and node.client().info("replication").get("master_link_status") == "up"
+            )
 
         wait_until(healthy_replica, 30, f"{node.address} to come back as a synced replica")
 
@@ -199,7 +203,7 @@ class ClusterDeployment:
                 workdir / f"node{i}",
                 self.password,
                 [
-                    "save \"\"",
+                    'save ""',
                     "appendonly no",
                     f"masterauth {self.password}",
                     "cluster-enabled yes",
@@ -219,7 +223,15 @@ class ClusterDeployment:
             node.start()
         env = {**os.environ, "REDISCLI_AUTH": self.password}  # not on the command line
         subprocess.run(
-            [shutil.which("redis-cli"), "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas", "1", "--cluster-yes"],
+            [
+                shutil.which("redis-cli"),
+                "--cluster",
+                "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
             env=env,
             check=True,
             capture_output=True,

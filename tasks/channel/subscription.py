@@ -37,8 +37,7 @@ MESSAGE_TYPES = ("message", "pmessage", "smessage")
 CONFIRMATION_TYPES = ("subscribe", "psubscribe", "ssubscribe")
 LOSS_TYPES = ("unsubscribe", "punsubscribe", "sunsubscribe")
 PATTERNS_ON_CLUSTER = (
-    "pattern subscriptions cannot be sharded on Redis Cluster (there is no SPSUBSCRIBE): "
-    "subscribe to channels by name"
+    "pattern subscriptions cannot be sharded on Redis Cluster (there is no SPSUBSCRIBE): subscribe to channels by name"
 )
 
 
@@ -127,7 +126,7 @@ class Subscription:
         self._next = 0
 
     def _subscribe_sharded(self, client, channels):
-        by_node = {}
+        by_node: dict[str, list[str]] = {}
         for channel in channels:
             by_node.setdefault(client.get_node_from_key(channel).name, []).append(channel)
         for name, names in by_node.items():

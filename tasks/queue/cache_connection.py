@@ -7,7 +7,7 @@ the cache follows a failover like everything else, and the one client's
 pool serves both. Set as CACHES["default"]["OPTIONS"]["CONNECTION_FACTORY"].
 """
 
-from django_redis.pool import ConnectionFactory
+from django_redis.pool import ConnectionFactory  # type: ignore[import-untyped]  # no stubs
 
 from tasks.queue.connection import get_redis
 

@@ -86,4 +86,3 @@ def reset_clients():
         client.close()
     _clients.clear()
     _topologies.clear()
-

@@ -66,7 +66,9 @@ def parse(url):
     path = [p for p in parts.path.split("/") if p]
     if kind == SENTINEL:
         if not path:
-            raise ValueError("redis+sentinel:// URL names no service: use redis+sentinel://h1:26379,h2:26379/<service>/<db>")
+            raise ValueError(
+                "redis+sentinel:// URL names no service: use redis+sentinel://h1:26379,h2:26379/<service>/<db>"
+            )
         service = unquote(path[0])
         if len(path) > 1:
             if not path[1].isdigit():
@@ -119,7 +121,9 @@ def make_client(topology, **options):
         return sentinel.master_for(
             topology.service, db=topology.db, connection_pool_class=FollowingSentinelPool, **auth, **options
         )
-    return LazyCluster(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.hosts], **auth, **options))
+    return LazyCluster(
+        lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.hosts], **auth, **options)
+    )
 
 
 class FollowingSentinelPool(SentinelConnectionPool):
@@ -186,7 +190,7 @@ class LazyCluster:
     # A queue registers its scripts when it is made, before any command:
     # neither may connect. Scripts are encoded as RedisCluster does by default.
     def register_script(self, script):
-        return Script(self, script)
+        return Script(self, script)  # type: ignore[arg-type]  # it quacks like the RedisCluster it becomes
 
     def get_encoder(self):
         return Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)

@@ -12,7 +12,13 @@ pytestmark = pytest.mark.no_redis
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database():
     t = topology.parse("redis+sentinel://:s%40cret@h1:26379,h2:26380/mymaster/2")
-    assert (t.kind, t.hosts, t.service, t.db, t.tls) == ("sentinel", (("h1", 26379), ("h2", 26380)), "mymaster", 2, False)
+    assert (t.kind, t.hosts, t.service, t.db, t.tls) == (
+        "sentinel",
+        (("h1", 26379), ("h2", 26380)),
+        "mymaster",
+        2,
+        False,
+    )
     # The sentinels take the data nodes' password unless told otherwise.
     assert t.password == t.sentinel_password == "s@cret"
 
@@ -24,7 +30,13 @@ def test_the_sentinels_may_have_a_password_of_their_own_or_none():
 
 def test_tls_and_ipv6_and_a_user_name():
     t = topology.parse("rediss+cluster://app:pw@[::1]:7000,10.0.0.2:7001/")
-    assert (t.kind, t.tls, t.username, t.password, t.hosts) == ("cluster", True, "app", "pw", (("::1", 7000), ("10.0.0.2", 7001)))
+    assert (t.kind, t.tls, t.username, t.password, t.hosts) == (
+        "cluster",
+        True,
+        "app",
+        "pw",
+        (("::1", 7000), ("10.0.0.2", 7001)),
+    )
 
 
 def test_a_single_server_url_is_left_to_redis_py():
@@ -57,7 +69,9 @@ def test_a_sentinel_client_asks_the_sentinels_and_connects_to_nobody_yet():
 
 
 def test_a_cluster_client_is_made_on_first_use():
-    client = topology.make_client(topology.parse("redis+cluster://127.0.0.1:1/"), socket_timeout=0.2, socket_connect_timeout=0.2)
+    client = topology.make_client(
+        topology.parse("redis+cluster://127.0.0.1:1/"), socket_timeout=0.2, socket_connect_timeout=0.2
+    )
     assert topology.is_cluster(client) and topology.kind_of(client) == "cluster"
     client.register_script("return 1")  # a queue registers its scripts before any command
     # A ConnectionError, which workers and listeners ride out, not a crash.
