@@ -15,6 +15,7 @@ import signal
 import pytest
 
 from tasks.channel.publish import publish
+from tasks.exceptions import ChannelUnavailable
 from tasks.models import ReceivedMessage, TaskRecord, TaskStatus
 from tasks.queue.backend import queue_for
 from tasks.queue.connection import get_redis, reset_clients
@@ -186,17 +187,33 @@ def test_sigkill_of_a_master_holding_a_queue_loses_no_task(cluster, url, tmp_pat
         settings=WORKER_SETTINGS,
         log_path=tmp_path / "w.log",
     )
+    # A channel in the queue's slot: its listener's master is killed too.
+    channel = f"{{{key}}}:news"
+    listener = manage(url, "listen_channel", "--channel", channel, "--listener-id", "cl2", log_path=tmp_path / "l.log")
     done = lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count()
     try:
         wait_for(lambda: done() >= 50, timeout=60, interval=0.25, message="some tasks done")
         victim = cluster.owner_of(key)
+        assert cluster.owner_of(channel) is victim
         victim.kill()
         wait_until(lambda: cluster.owner_of(key) is not victim, 30, "the replica to take the slot over")
         assert done() < len(ids)  # the kill really was mid-run
         wait_for(lambda: done() == len(ids), timeout=120, interval=0.25, message="every task done after the failover")
         assert worker.poll() is None, "the worker exited"
+
+        # At-most-once: publish until the resubscribed listener hears one.
+        def heard():
+            try:
+                publish("after the failover", channel)
+            except ChannelUnavailable:  # this process's client still learning the new slot map
+                return False
+            return ReceivedMessage.objects.filter(channel=channel).exists()
+
+        wait_for(heard, timeout=30, interval=0.5, message="the listener to resubscribe on the new master")
+        assert listener.poll() is None, "the listener exited"
     finally:
         stop(worker)
+        stop(listener)
     runs = log.read_text().split()
     assert len(runs) == len(set(runs)) == len(ids), "a task was lost or ran twice"
     healthy, report = check_all()

@@ -126,6 +126,10 @@ class Subscription:
         self._next = 0
 
     def _subscribe_sharded(self, client, channels):
+        # The slot map afresh: a (re)subscription follows a failover or a
+        # resharding, and this client runs no other command that would
+        # have told it (its connections only listen).
+        client.nodes_manager.initialize()
         by_node: dict[str, list[str]] = {}
         for channel in channels:
             by_node.setdefault(client.get_node_from_key(channel).name, []).append(channel)
