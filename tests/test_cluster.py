@@ -13,6 +13,7 @@ import json
 import signal
 
 import pytest
+from django.core.cache import caches
 
 from tasks.channel.publish import publish
 from tasks.exceptions import ChannelUnavailable
@@ -81,6 +82,13 @@ def test_queues_live_on_different_masters_and_drain(cluster, url, tmp_path):
     }
     assert {name: q["pending"] + q["in_flight"] for name, q in document["queues"].items()} == {"default": 0, "slow": 0}
     assert document["history"]["SUCCESSFUL"] == 101
+
+
+def test_the_cache_goes_through_the_same_client(url):
+    cache = caches.create_connection("default")  # a fresh one: the shared one may hold an earlier test's client
+    cache.set("greeting", {"hello": "cluster"}, timeout=30)
+    assert cache.get("greeting") == {"hello": "cluster"}
+    assert cache.client.get_client() is get_redis()
 
 
 def test_retry_then_dead_letter(url):
