@@ -125,6 +125,7 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
         worker_log = (tmp_path / f"w{i}.log").read_text()
         downs, backs = worker_log.count("event=redis_down"), worker_log.count("event=redis_back")
         assert downs == backs <= 1, worker_log[-3000:]
+        assert worker_log.count("event=master_moved") <= 1, worker_log[-3000:]
         assert "Traceback" not in worker_log
     listener_log = (tmp_path / "l1.log").read_text()
     assert listener_log.count("event=channel_down") == listener_log.count("event=resubscribed") <= 1, listener_log[

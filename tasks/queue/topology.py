@@ -16,6 +16,7 @@ unless ``?sentinel_password=`` names theirs (``sentinel_password=`` empty:
 sentinels without a password).
 """
 
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,6 +27,8 @@ from redis.commands.core import Script
 from redis.connection import Encoder
 from redis.exceptions import RedisClusterException
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+
+logger = logging.getLogger(__name__)
 
 SINGLE, SENTINEL, CLUSTER = "single", "sentinel", "cluster"
 SCHEMES = {
@@ -150,10 +153,17 @@ class FollowingSentinelPool(SentinelConnectionPool):
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.CHECK_SECONDS
+            before = self.master_address
             try:
-                self.get_master_address()
+                after = self.get_master_address()
             except MasterNotFoundError:
                 pass  # the connection's own connect reports it, the caller rides it out
+            else:
+                if before is not None and tuple(after) != tuple(before):
+                    # A move may be silent otherwise: no command ever failed.
+                    logger.warning(
+                        "event=master_moved service=%s from=%s:%s to=%s:%s", self.service_name, *before, *after
+                    )
         connection = super().get_connection(*args, **kwargs)
         if connection.host and self.master_address and (connection.host, connection.port) != self.master_address:
             connection.disconnect()  # connected to the old master: the next command reconnects to the new one
