@@ -176,8 +176,10 @@ REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or ""
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
+        # Unused but required: the factory connects through REDIS_URL, any topology.
+        "LOCATION": "REDIS_URL",
         "OPTIONS": {
+            "CONNECTION_FACTORY": "tasks.queue.cache_connection.MqConnectionFactory",
             "SOCKET_CONNECT_TIMEOUT": 2,
             "SOCKET_TIMEOUT": 2,
             # A cache outage must not take pages down with it.

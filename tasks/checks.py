@@ -15,8 +15,18 @@ from django.core.checks import CheckMessage, Error, Info, Warning, register
 from django.utils.module_loading import import_string
 
 from tasks.conf import mq_settings
+from tasks.queue import topology
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
+GLOB_CHARACTERS = ("*", "?", "[")
 TASK_OPTION_NAMES = {"max_attempts": "MQ_MAX_ATTEMPTS", "time_limit": "MQ_TASK_TIME_LIMIT"}
 
 
@@ -95,8 +105,61 @@ def check_redis_url() -> list[CheckMessage]:
     url = mq_settings.MQ_REDIS_URL
     # Empty is allowed: commands that need Redis then say so (tasks/queue/connection.py).
     if isinstance(url, str) and (not url or url.startswith(REDIS_SCHEMES)):
+        try:
+            topology.parse(url) if url else None
+        except ValueError as exc:
+            return [Error(f"MQ_REDIS_URL: {exc}.", id="mqsite.E001")]
         return []
-    return [Error(f"MQ_REDIS_URL must be a {', '.join(REDIS_SCHEMES)} URL, not {url!r}.", id="mqsite.E001")]
+    return [Error(f"MQ_REDIS_URL must be a {', '.join(REDIS_SCHEMES)} URL, not {_redacted(url)!r}.", id="mqsite.E001")]
+
+
+def _redacted(url: object) -> object:
+    """The URL without its password, for a message that may reach a log."""
+    if isinstance(url, str) and "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def _on_cluster() -> bool:
+    url = mq_settings.MQ_REDIS_URL
+    try:
+        return isinstance(url, str) and bool(url) and topology.parse(url).kind == topology.CLUSTER
+    except ValueError:
+        return False  # E001 says what is wrong
+
+
+def check_queue_keys_one_slot() -> list[CheckMessage]:
+    """A queue's companions wrap its key in a hash tag ({key}:delayed...).
+    Braces inside the key would make Redis hash only the part between the
+    first { and }, so on a cluster the companions would land in another slot
+    than the queue itself, and every script touching both fails with CROSSSLOT."""
+    if not is_str_map(mq_settings.MQ_QUEUES):
+        return []  # E005 says what is wrong
+    return [
+        Error(
+            f"MQ_QUEUES[{name!r}] = {key!r}: a queue key may not contain {{ or }}; mqsite wraps it in a "
+            "hash tag itself, and braces inside it would split the queue's keys over Redis Cluster slots.",
+            id="mqsite.E030",
+        )
+        for name, key in mq_settings.MQ_QUEUES.items()
+        if "{" in key or "}" in key
+    ]
+
+
+def check_no_patterns_on_cluster() -> list[CheckMessage]:
+    handlers = mq_settings.MQ_CHANNEL_HANDLERS
+    if not _on_cluster() or not is_str_map(handlers):
+        return []
+    return [
+        Error(
+            f"MQ_CHANNEL_HANDLERS[{name!r}] is a pattern; on Redis Cluster channels are sharded "
+            "(SSUBSCRIBE) and pattern subscriptions cannot be: name channels one by one.",
+            id="mqsite.E031",
+        )
+        for name in handlers
+        if any(c in name for c in GLOB_CHARACTERS)
+    ]
 
 
 def check_block_below_socket_timeout() -> list[CheckMessage]:
@@ -213,6 +276,8 @@ SETTINGS_CHECKS: Sequence[Callable[[], list[CheckMessage]]] = (
     check_numbers,
     check_block_below_socket_timeout,
     check_queues,
+    check_queue_keys_one_slot,
+    check_no_patterns_on_cluster,
     check_task_modules,
     check_raw_message_tasks,
     check_task_options,

@@ -69,3 +69,13 @@ def count_with_progress(context, path, total, seconds=0.0):
                 handle.write("halfway\n")
             time.sleep(float(seconds))
     return total
+
+
+@task
+def append_slowly(path, line, seconds=0.005):
+    """append_to_file after a short pause: a backlog of these lasts long
+    enough for a failover to happen in the middle of it."""
+    time.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line

@@ -27,6 +27,7 @@ PROTOCOL = (
     "tasks.queue.envelope",
     "tasks.queue.reliable",
     "tasks.queue.connection",
+    "tasks.queue.topology",
     "tasks.queue.presence",
     "tasks.channel.subscription",
 )

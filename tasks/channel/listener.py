@@ -28,7 +28,7 @@ from tasks.backoff import backoff_delay
 from tasks.queue import presence
 from tasks.channel import receipts
 from tasks.conf import mq_settings
-from tasks.queue.connection import get_redis
+from tasks.queue.connection import get_redis, subscriber_client
 from tasks.dbretry import REFUSALS, retry_database
 from tasks.exceptions import DatabaseGaveUp
 from tasks.channel.handlers import ChannelMessage, decode, handler_path, load_handlers
@@ -36,7 +36,7 @@ from tasks.models import ReceivedMessage
 from tasks.sdnotify import SystemdNotifier
 from tasks.queue.envelope import oversized
 from tasks.storable import as_text, printable, unstorable
-from tasks.channel.subscription import Subscription, subscriber_client
+from tasks.channel.subscription import PATTERNS_ON_CLUSTER, Subscription, sharded
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class Listener:
         self.handlers = load_handlers()
         self.client = get_redis(retries=0)  # presence only
         self.subscriber = subscriber_client()
+        if self.patterns and sharded(self.subscriber):
+            self.subscriber.close()
+            raise ValueError(PATTERNS_ON_CLUSTER)
         self.using = router.db_for_write(ReceivedMessage)
         self.stopping = False
         self.received = 0

@@ -19,6 +19,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from tasks.channel import receipts
+from tasks.channel.subscription import sharded
 from tasks.conf import mq_settings
 from tasks.exceptions import ChannelUnavailable, MessageTooLarge
 from tasks.queue.connection import get_redis
@@ -86,7 +87,11 @@ def publish(data, channel=None, publisher=""):
         try:
             # No retry: a PUBLISH whose reply was lost may have been
             # delivered, and sending it again would broadcast it twice.
-            row.receivers = get_redis(retries=0).publish(channel, payload)
+            client = get_redis(retries=0)
+            # On Redis Cluster a plain PUBLISH goes to every node; SPUBLISH
+            # goes to the channel's slot only, where the listeners SSUBSCRIBE.
+            send = client.spublish if sharded(client) else client.publish
+            row.receivers = send(channel, payload)
         except RedisError as exc:
             raise ChannelUnavailable(f"Redis did not take the message for channel {channel!r}: {exc}") from exc
         row.save(update_fields=["receivers"])

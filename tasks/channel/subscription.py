@@ -16,101 +16,156 @@ confirmations of the SUBSCRIBE it started with, do not arrive within another
 empty counts as silence, so a caller busy in a slow handler is never taken
 for a dead connection. Reconnecting is the caller's business: a Subscription
 is used once and thrown away.
+
+On Redis Cluster the channels are sharded (SSUBSCRIBE, DESIGN section 10):
+each lives on its slot's master, so a Subscription holds one connection per
+master that owns one of its channels (a "leg"), each with its own clock. A
+master that loses a channel's slot (failover, resharding) says so with a
+SUNSUBSCRIBE, which reads as a dead connection: the caller subscribes again
+and lands on the new owner.
 """
 
 import time
 
-import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from tasks.conf import mq_settings
 from tasks.exceptions import ConnectionDead
-from tasks.queue.connection import redis_url
+from tasks.queue import topology
 
 PING_TOKEN = b"mq-listener-ping"
+MESSAGE_TYPES = ("message", "pmessage", "smessage")
+CONFIRMATION_TYPES = ("subscribe", "psubscribe", "ssubscribe")
+LOSS_TYPES = ("unsubscribe", "punsubscribe", "sunsubscribe")
+PATTERNS_ON_CLUSTER = (
+    "pattern subscriptions cannot be sharded on Redis Cluster (there is no SPSUBSCRIBE): subscribe to channels by name"
+)
 
 
-def subscriber_client(url=None):
-    """A client whose only connection is the subscription.
-
-    redis-py would otherwise reconnect a failed pub/sub connection behind our
-    back (re-subscribing on its own) and send health-check PINGs whose replies
-    it hides. Here every error reaches the caller, which owns reconnecting.
-    """
-    timeout = mq_settings.MQ_SOCKET_TIMEOUT
-    return redis.Redis.from_url(
-        redis_url(url),
-        socket_timeout=timeout,
-        socket_connect_timeout=min(timeout, 2.0),
-        health_check_interval=0,
-        retry=Retry(NoBackoff(), 0, supported_errors=()),
-    )
+def sharded(client):
+    """Whether channels on this client are sharded (SPUBLISH/SSUBSCRIBE): on Redis Cluster."""
+    return topology.is_cluster(client)
 
 
-class Subscription:
-    def __init__(self, client, channels, patterns, bound):
+class _Leg:
+    """One pub/sub connection and its liveness clock."""
+
+    def __init__(self, pubsub, expected, bound, sharded=False):
+        self.pubsub = pubsub
+        self.sharded = sharded
         self.bound = bound
-        self.pubsub = client.pubsub()
-        try:
-            if channels:
-                self.pubsub.subscribe(*channels)
-            if patterns:
-                self.pubsub.psubscribe(*patterns)
-        except BaseException:
-            self.close()
-            raise
         now = time.monotonic()
-        self._unconfirmed = len(channels) + len(patterns)
-        self._waiting_since = now
-        self._last_heard = now
-        self._ping_sent = None
-
-    @property
-    def confirmed(self):
-        """Redis has acknowledged every channel and pattern."""
-        return self._unconfirmed == 0
+        self.unconfirmed = expected
+        self.waiting_since = now
+        self.last_heard = now
+        self.ping_sent = None
 
     def read(self, timeout):
-        """The next message or pmessage (a redis-py dict), or None after ``timeout``.
-
-        Raises a RedisError (ConnectionDead included) when the connection is gone.
-        """
         message = self.pubsub.get_message(timeout=timeout)
         now = time.monotonic()
         if message is None:
-            self._check_alive(now)
+            self.check_alive(now)
             return None
-        self._last_heard = now
+        self.last_heard = now
         kind = message["type"]
-        if kind in ("message", "pmessage"):
+        if kind in MESSAGE_TYPES:
             return message
-        if kind in ("subscribe", "psubscribe"):
-            self._unconfirmed -= 1
+        if kind in CONFIRMATION_TYPES:
+            self.unconfirmed -= 1
+        elif kind in LOSS_TYPES:
+            # Unasked for: the server dropped us (a cluster slot moved away).
+            raise ConnectionDead(f"the server ended the subscription to {message['channel']!r}")
         elif kind == "pong":
-            self._ping_sent = None
+            self.ping_sent = None
         return None
 
-    def _check_alive(self, now):
-        if self._unconfirmed and now - self._waiting_since > self.bound:
+    def check_alive(self, now):
+        if self.unconfirmed and now - self.waiting_since > self.bound:
             raise ConnectionDead(f"subscription not confirmed within {self.bound}s")
-        if self._ping_sent is not None:
-            if now - self._ping_sent > self.bound:
+        if self.ping_sent is not None:
+            if now - self.ping_sent > self.bound:
                 raise ConnectionDead(f"no reply to PING within {self.bound}s")
-        elif not self._unconfirmed and now - self._last_heard >= self.bound:
+        elif not self.unconfirmed and now - self.last_heard >= self.bound:
             self.pubsub.ping(PING_TOKEN)
-            self._ping_sent = now
+            self.ping_sent = now
 
-    def close(self, unsubscribe=False):
-        """Drop the connection; with ``unsubscribe``, say goodbye first."""
+    def close(self, unsubscribe):
         try:
             if unsubscribe:
-                self.pubsub.unsubscribe()
-                self.pubsub.punsubscribe()
+                if self.sharded:
+                    self.pubsub.sunsubscribe()
+                else:
+                    self.pubsub.unsubscribe()
+                    self.pubsub.punsubscribe()
         except RedisError:
             pass  # closing the connection unsubscribes just as well
         try:
             self.pubsub.reset()
         except (RedisError, OSError):
             pass  # the connection is being thrown away anyway
+
+
+class Subscription:
+    def __init__(self, client, channels, patterns, bound):
+        self.bound = bound
+        self.legs = []
+        try:
+            if sharded(client):
+                if patterns:
+                    raise ValueError(PATTERNS_ON_CLUSTER)
+                self._subscribe_sharded(client, channels)
+            else:
+                leg = _Leg(client.pubsub(), len(channels) + len(patterns), bound)
+                self.legs.append(leg)
+                if channels:
+                    leg.pubsub.subscribe(*channels)
+                if patterns:
+                    leg.pubsub.psubscribe(*patterns)
+        except BaseException:
+            self.close()
+            raise
+        self._next = 0
+
+    def _subscribe_sharded(self, client, channels):
+        # The slot map afresh: a (re)subscription follows a failover or a
+        # resharding, and this client runs no other command that would
+        # have told it (its connections only listen).
+        client.nodes_manager.initialize()
+        by_node: dict[str, list[str]] = {}
+        for channel in channels:
+            by_node.setdefault(client.get_node_from_key(channel).name, []).append(channel)
+        for name, names in by_node.items():
+            node = client.get_node(node_name=name)
+            leg = _Leg(client.get_redis_connection(node).pubsub(), len(names), self.bound, sharded=True)
+            self.legs.append(leg)
+            # One SSUBSCRIBE per channel: a single one naming channels of
+            # several slots is refused with CROSSSLOT.
+            for channel in names:
+                leg.pubsub.ssubscribe(channel)
+
+    @property
+    def confirmed(self):
+        """Redis has acknowledged every channel and pattern."""
+        return all(leg.unconfirmed == 0 for leg in self.legs)
+
+    def read(self, timeout):
+        """The next message, pmessage or smessage (a redis-py dict), or None after ``timeout``.
+
+        Raises a RedisError (ConnectionDead included) when a connection is gone.
+        """
+        if not self.legs:
+            time.sleep(timeout)
+            return None
+        # Round robin, the wait shared out, so that no leg starves the others.
+        share = timeout / len(self.legs)
+        for _ in range(len(self.legs)):
+            leg = self.legs[self._next]
+            self._next = (self._next + 1) % len(self.legs)
+            message = leg.read(share)
+            if message is not None:
+                return message
+        return None
+
+    def close(self, unsubscribe=False):
+        """Drop the connections; with ``unsubscribe``, say goodbye first."""
+        for leg in self.legs:
+            leg.close(unsubscribe)

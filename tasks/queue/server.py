@@ -9,7 +9,7 @@ Protocol: it knows Redis and nothing of the ORM or HTTP. The read model
 from redis.exceptions import ResponseError
 
 from tasks.conf import mq_settings
-from tasks.queue import presence
+from tasks.queue import presence, topology
 from tasks.queue.connection import get_redis
 from tasks.storable import as_text
 
@@ -33,7 +33,18 @@ class Server:
         shows a listener that is registered but not actually subscribed."""
         names = [mq_settings.MQ_DEFAULT_CHANNEL, *(c for listener in listeners for c in listener.get("channels", []))]
         names = list(dict.fromkeys(names))
+        if topology.is_cluster(self.client):
+            # Sharded channels: each counted on its own slot's master.
+            return {
+                as_text(name): count
+                for name in names
+                for _, count in self.client.pubsub_shardnumsub(name, target_nodes=self.client.get_node_from_key(name))
+            }
         return {as_text(name): count for name, count in self.client.pubsub_numsub(*names)}
+
+    def topology(self):
+        """{"kind": single|sentinel|cluster, "master": where writes go now}."""
+        return {"kind": topology.kind_of(self.client), "master": topology.current_master(self.client)}
 
     def warnings(self):
         return server_warnings(self.client)

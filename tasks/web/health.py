@@ -28,7 +28,16 @@ def _timed(probe, name):
 
 
 def redis_health():
-    return _timed(lambda: Server().ping(), "Redis")
+    """Also names where writes go now (the Sentinel-managed master after a
+    failover, the cluster's masters): an operator's first question."""
+    found = {}
+
+    def probe():
+        server = Server()
+        server.ping()
+        found.update(server.topology())
+
+    return {**_timed(probe, "Redis"), **found}
 
 
 def database_health():

@@ -54,6 +54,7 @@ class Snapshot:
     workers: list | None = None
     listeners: list | None = None
     channels: dict | None = None  # channel -> subscribers, as Redis counts them
+    redis: dict | None = None  # {"kind": single|sentinel|cluster, "master": where writes go now}
     warnings: list = field(default_factory=list)
     history: dict | None = None  # status -> task rows
     schedules: list = field(default_factory=list)  # periodic tasks, from the database
@@ -87,6 +88,7 @@ class Snapshot:
                 listeners=self.listeners,
                 channels=self.channels,
                 warnings=self.warnings,
+                redis=self.redis,
             )
         if self.database_up:
             status["history"] = self.history
@@ -131,6 +133,7 @@ def _redis_parts(now):
         "workers": server.workers(),
         "listeners": listeners,
         "channels": server.channel_subscribers(listeners),
+        "redis": server.topology(),
         "warnings": server.warnings(),
     }
 

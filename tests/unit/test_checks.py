@@ -17,6 +17,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 BROKEN = [
     ({"MQ_REDIS_URL": "http://localhost:6379"}, "mqsite.E001"),
     ({"MQ_REDIS_URL": 6379}, "mqsite.E001"),
+    ({"MQ_REDIS_URL": "redis+sentinel://h1:26379,h2:26379"}, "mqsite.E001"),  # no service
+    ({"MQ_REDIS_URL": "redis+sentinel://h1:26379/mymaster/zero"}, "mqsite.E001"),
+    ({"MQ_REDIS_URL": "redis+cluster://h1:7000,h2/"}, "mqsite.E001"),  # a host without a port
+    ({"MQ_REDIS_URL": "redis+cluster://h1:7000/3"}, "mqsite.E001"),  # a cluster has database 0 only
+    ({"MQ_REDIS_URL": "redis+cluster://h1:7000/?tls=1"}, "mqsite.E001"),  # unknown option
     ({"MQ_SOCKET_TIMEOUT": "5"}, "mqsite.E002"),
     ({"MQ_BLOCK_SECONDS": 0}, "mqsite.E003"),
     ({"MQ_BLOCK_SECONDS": 3.0, "MQ_SOCKET_TIMEOUT": 3.0}, "mqsite.E004"),
@@ -51,11 +56,20 @@ BROKEN = [
     ({"MQ_CHANNEL_HANDLERS": {"news": None}}, "mqsite.E027"),
     ({"MQ_CHANNEL_HANDLERS": {"news": "tasks.channel.handlers.no_such_handler"}}, "mqsite.E028"),
     ({"MQ_DEFAULT_CHANNEL_HANDLER": "no_such_module.handle"}, "mqsite.E029"),
+    ({"MQ_QUEUES": {"default": "jobs:{eu}:queue"}}, "mqsite.E030"),
+    (
+        {"MQ_REDIS_URL": "redis+cluster://h1:7000/", "MQ_CHANNEL_HANDLERS": {"news:*": "tasks.channel.handlers.log_message"}},
+        "mqsite.E031",
+    ),
 ]
 
 FINE = [
     {"MQ_REDIS_URL": ""},
     {"MQ_REDIS_URL": "unix:///run/redis.sock"},
+    {"MQ_REDIS_URL": "redis+sentinel://:secret@h1:26379,[::1]:26380/mymaster/2?sentinel_password="},
+    {"MQ_REDIS_URL": "rediss+cluster://default:secret@h1:7000,h2:7001/"},
+    # Patterns are fine off a cluster.
+    {"MQ_REDIS_URL": "redis+sentinel://h1:26379/mymaster", "MQ_CHANNEL_HANDLERS": {"news:*": "tasks.channel.handlers.log_message"}},
     {"MQ_TASK_TIME_LIMIT": None, "MQ_QUEUE_MAX_LENGTH": None},
     {"MQ_TASK_OPTIONS": {"tasks.tasks.add": {"max_attempts": 5, "time_limit": None}}},
     {"MQ_API_TOKENS": ["bare-secret", "name:secret"]},

@@ -22,7 +22,7 @@ QUEUE = "task:prodcons:queue"
 CHANNEL = "task:pubsub:channel"
 NOW = 1_800_000_000.0
 # The stable JSON of `queue_status --json` (DESIGN.md section 3).
-STATUS_KEYS = {"queues", "workers", "listeners", "channels", "history", "warnings"}
+STATUS_KEYS = {"queues", "workers", "listeners", "channels", "history", "warnings", "redis"}
 QUEUE_KEYS = {"key", "pending", "in_flight", "delayed", "dead"}
 
 

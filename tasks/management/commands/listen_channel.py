@@ -64,7 +64,7 @@ class Command(BaseCommand):
         set_verbosity(verbosity)
         try:
             listener = Listener(channels=channels, patterns=patterns, listener_id=listener_id, max_messages=max_messages)
-        except ImproperlyConfigured as exc:
+        except (ImproperlyConfigured, ValueError) as exc:  # ValueError: --pattern on Redis Cluster
             raise CommandError(str(exc)) from None
         install_stop_handlers(listener.request_stop)
         received = listener.run()

@@ -24,6 +24,8 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_dumps(snapshot.as_status()))
             return
+        if snapshot.redis:
+            self.stdout.write(f"redis {snapshot.redis['kind']}: master={snapshot.redis['master']}")
         for name, q in snapshot.queues.items():
             self.stdout.write(
                 f"queue {name} ({q.key}): pending={q.pending} in_flight={q.in_flight} "
