@@ -153,7 +153,9 @@ def test_sharded_publish_reaches_a_listener_and_is_counted(url, tmp_path, cluste
     )
     try:
         # PUBSUB SHARDNUMSUB, asked of each channel's own master.
-        counts = lambda: Server().channel_subscribers([{"channels": [other]}])
+        def counts():
+            return Server().channel_subscribers([{"channels": [other]}])
+
         wait_for(
             lambda: counts() == {CHANNEL: 1, other: 1}, timeout=30, interval=0.25, message="SSUBSCRIBE on both masters"
         )
@@ -198,7 +200,9 @@ def test_sigkill_of_a_master_holding_a_queue_loses_no_task(cluster, url, tmp_pat
     # A channel in the queue's slot: its listener's master is killed too.
     channel = f"{{{key}}}:news"
     listener = manage(url, "listen_channel", "--channel", channel, "--listener-id", "cl2", log_path=tmp_path / "l.log")
-    done = lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count()
+    def done():
+        return TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count()
+
     try:
         wait_for(lambda: done() >= 50, timeout=60, interval=0.25, message="some tasks done")
         victim = cluster.owner_of(key)
