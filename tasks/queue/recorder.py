@@ -291,9 +291,11 @@ class Recorder:
             f"FROM (VALUES {values}) AS outcome (id, status, started_at, finished_at, result) "
             "WHERE task.id = outcome.id AND task.status IN (%s, %s)"
         )
-        params = []
-        for o in outcomes:
-            params += (o.id, o.status, o.started_at, o.finished_at, json.dumps(o.result))
+        params = [
+            value
+            for o in outcomes
+            for value in (o.id, o.status, o.started_at, o.finished_at, json.dumps(o.result))
+        ]
         # Alone, the statement is its own transaction. Inside someone's
         # transaction, a savepoint: a refused batch must not abort it, since
         # _unless_refused goes on to record the outcomes one by one.
