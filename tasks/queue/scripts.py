@@ -77,16 +77,41 @@ ENQUEUE = LANES + """
 -- ARGV[2] = lane prefix, ARGV[3] = wake token
 -- ARGV[4..] = id, priority, envelope, id, priority, envelope, ...
 -- Returns how many items wait in all lanes.
+-- The ids, and the items of priority 0 (nearly all), go in with one variadic
+-- call per thousand rather than one call each: a bulk enqueue of 1,000 tasks
+-- was 2,000 calls. A thousand at a time keeps unpack() within Lua's stack.
+local function call_in_chunks(command, key, values)
+  for first = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 999, #values)))
+  end
+end
 local limit = tonumber(ARGV[1])
-if limit > 0 and pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3]) + (#ARGV - 3) / 3 > limit then
-  return -1
+local count = (#ARGV - 3) / 3
+local before
+if limit > 0 then
+  before = pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
+  if before + count > limit then return -1 end
 end
 local laned = false
-for i = 4, #ARGV, 3 do
-  redis.call('SADD', KEYS[2], ARGV[i])
-  laned = push_lane(KEYS[1], KEYS[3], ARGV[2], tonumber(ARGV[i + 1]), ARGV[i + 2], 'LPUSH') or laned
+if count == 1 then  -- the common enqueue: no tables to build
+  redis.call('SADD', KEYS[2], ARGV[4])
+  laned = push_lane(KEYS[1], KEYS[3], ARGV[2], tonumber(ARGV[5]), ARGV[6], 'LPUSH')
+else
+  local ids, plain = {}, {}
+  for i = 4, #ARGV, 3 do
+    ids[#ids + 1] = ARGV[i]
+    local priority = tonumber(ARGV[i + 1])
+    if priority == 0 then
+      plain[#plain + 1] = ARGV[i + 2]  -- LPUSH a b c queues them in this order
+    else
+      laned = push_lane(KEYS[1], KEYS[3], ARGV[2], priority, ARGV[i + 2], 'LPUSH') or laned
+    end
+  end
+  call_in_chunks('SADD', KEYS[2], ids)
+  call_in_chunks('LPUSH', KEYS[1], plain)
 end
 if laned then wake(KEYS[1], ARGV[3]) end
+if before then return before + count end  -- counted once: the wake token is not counted
 return pending_count(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
 """
 

@@ -80,6 +80,18 @@ def test_push_queues_in_order_and_indexes_the_ids(client, queue):
     assert ids(client) == {"t1", "t2", "t3"}
 
 
+def test_a_push_of_thousands_keeps_order_and_lanes(client, queue):
+    """Past the script's chunks of 1,000 variadic arguments: every id indexed,
+    priority-0 items in order, the others in their lanes, counted right."""
+    numbers = range(2500)
+    batch = [envelope(n, priority=5 if n % 500 == 0 else 0) for n in numbers]
+    assert queue.push(batch, max_length=10_000) == 2500
+    assert pending(client) == [e.encode().encode() for e in batch if not e.priority]
+    assert client.llen(keys.lane(QUEUE, 5)) == 5
+    assert ids(client) == {f"t{n}" for n in numbers}
+    assert queue.push([envelope(9999)]) == 2501
+
+
 def test_push_uses_the_payloads_it_is_given(client, queue):
     queue.push([envelope(1)], payloads=["as the producer wrote it"])
     assert pending(client) == [b"as the producer wrote it"]
