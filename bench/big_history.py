@@ -36,7 +36,7 @@ TOKEN = "bench-token-not-secret"
 
 FILL = """
 INSERT INTO tasks_taskrecord (id, task_path, queue, backend, args, kwargs, status, attempts, worker,
-                              enqueued_at, run_after, started_at, finished_at, result, error, errors)
+                              enqueued_at, run_after, started_at, finished_at, result, error, errors, priority)
 SELECT 'big-' || lpad(i::text, 9, '0'),
        (ARRAY['tasks.tasks.noop', 'tasks.tasks.add', 'tasks.tasks.cook_dish', 'reports.tasks.build'])[1 + i %% 4],
        (ARRAY['default', 'default', 'default', 'mail', 'reports'])[1 + i %% 5],
@@ -49,7 +49,8 @@ SELECT 'big-' || lpad(i::text, 9, '0'),
        CASE WHEN s.status IN ('READY', 'RUNNING') THEN NULL ELSE at + interval '50 ms' END,
        CASE WHEN s.status = 'SUCCESSFUL' THEN to_jsonb(i) END,
        CASE WHEN s.status IN ('FAILED', 'DEAD') THEN 'ValueError: bad input ' || i || E'\\nTraceback ...' ELSE '' END,
-       '[]'::jsonb
+       '[]'::jsonb,
+       CASE WHEN i %% 50 = 0 THEN 10 ELSE 0 END
 FROM generate_series(1, %(rows)s) AS i,
      LATERAL (SELECT now() - (%(rows)s - i) * (interval '60 days' / %(rows)s) AS at) AS t,
      LATERAL (SELECT CASE WHEN i %% 100 < 90 THEN 'SUCCESSFUL' WHEN i %% 100 < 96 THEN 'FAILED'
