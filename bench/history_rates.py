@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.run import MqConfig, QUEUE_KEY, recreate_pg, spawn, stop, wait_for
+from bench.run import QUEUE_KEY, MqConfig, recreate_pg, spawn, stop, wait_for
 
 BENCH_ROWS = "id NOT LIKE 'big-%%'"  # the filled rows' ids start with "big-"
 
@@ -99,7 +99,6 @@ def compare_rates(opts, redis, workdir):
                 log(f"round {n + 1} {name}: {results[name][-1]} ({time.perf_counter() - started:.0f} s)")
     finally:
         forget_bench_rows(big.db_url)
-        sql("postgres://postgres@127.0.0.1:5432/postgres", "SELECT 1")
         empty.teardown()
     print(f"\n| rate ({opts.rounds} rounds, medians) | empty table | {rows:,} rows | big / empty (min..max) |\n|---|---:|---:|---:|")
     for key in ("enqueue/s", "bulk enqueue/s", "drain/s"):
