@@ -32,11 +32,12 @@ from tests.redis_server import RedisServer  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/mqsite_big_history"
+DEFAULT_EMPTY_PG = "postgres://postgres@127.0.0.1:5432/mqsite_empty_history"
 TOKEN = "bench-token-not-secret"
 
 FILL = """
 INSERT INTO tasks_taskrecord (id, task_path, queue, backend, args, kwargs, status, attempts, worker,
-                              enqueued_at, run_after, started_at, finished_at, result, error, errors)
+                              enqueued_at, run_after, started_at, finished_at, result, error, errors, priority)
 SELECT 'big-' || lpad(i::text, 9, '0'),
        (ARRAY['tasks.tasks.noop', 'tasks.tasks.add', 'tasks.tasks.cook_dish', 'reports.tasks.build'])[1 + i %% 4],
        (ARRAY['default', 'default', 'default', 'mail', 'reports'])[1 + i %% 5],
@@ -49,7 +50,8 @@ SELECT 'big-' || lpad(i::text, 9, '0'),
        CASE WHEN s.status IN ('READY', 'RUNNING') THEN NULL ELSE at + interval '50 ms' END,
        CASE WHEN s.status = 'SUCCESSFUL' THEN to_jsonb(i) END,
        CASE WHEN s.status IN ('FAILED', 'DEAD') THEN 'ValueError: bad input ' || i || E'\\nTraceback ...' ELSE '' END,
-       '[]'::jsonb
+       '[]'::jsonb,
+       CASE WHEN i %% 50 = 0 THEN 10 ELSE 0 END
 FROM generate_series(1, %(rows)s) AS i,
      LATERAL (SELECT now() - (%(rows)s - i) * (interval '60 days' / %(rows)s) AS at) AS t,
      LATERAL (SELECT CASE WHEN i %% 100 < 90 THEN 'SUCCESSFUL' WHEN i %% 100 < 96 THEN 'FAILED'
@@ -78,7 +80,17 @@ def main():
     parser.add_argument("--keep", action="store_true", help="Keep the filled database (and reuse it if it exists).")
     parser.add_argument("--drain", type=int, default=60_000, help="Tasks each drain run processes.")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--sections", default="pages,status,rates,prune",
+        help="Comma separated, in this order: pages (admin and API), status (queue_status), rates (enqueue and drain "
+        "against an empty table, same run), prune (prune_history while workers drain; deletes half the table).",
+    )
+    parser.add_argument("--empty-pg-url", default=DEFAULT_EMPTY_PG, help="The empty database the rates are compared with.")
+    parser.add_argument("--rate-n", type=int, default=3000, help="Tasks enqueued one at a time per round (rates).")
+    parser.add_argument("--bulk-n", type=int, default=20000, help="Tasks enqueued in bulk, then drained, per round (rates).")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of the rates; medians are reported.")
     opts = parser.parse_args()
+    sections = opts.sections.split(",")
 
     workdir = Path(tempfile.mkdtemp(prefix="big-history-"))
     redis = RedisServer(workdir / "redis")
@@ -108,8 +120,16 @@ def main():
     try:
         if fresh:
             fill(opts.rows)
-        pages()
-        prune_under_load(opts, env, workdir)
+        if "pages" in sections:
+            pages()
+        if "status" in sections:
+            queue_status()
+        if "rates" in sections:
+            from bench.history_rates import compare_rates
+
+            compare_rates(opts, redis, workdir)
+        if "prune" in sections:
+            prune_under_load(opts, env, workdir)
     finally:
         redis.stop()
 
@@ -135,7 +155,9 @@ def fill(rows):
 
 def pages():
     from django.contrib.auth.models import User
+    from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     user = User.objects.filter(username="bench").first() or User.objects.create_superuser("bench", "b@example.com", "x")
     browser = Client()
@@ -151,8 +173,15 @@ def pages():
         ("admin queue=mail", base + "?queue__exact=mail"),
         ("admin task=add", base + "?task_path__exact=tasks.tasks.add"),
         ("admin status+queue", base + "?status__exact=READY&queue__exact=reports"),
+        ("admin status=READY", base + "?status__exact=READY"),
+        ("admin priority above 0", base + "?priority=above"),
+        ("admin still delayed", base + "?delayed=later"),
         ("admin search id", base + "?q=big-000050000"),
+        ("admin search id prefix", base + "?q=big-0000500"),
+        ("admin search task path", base + "?q=reports.tasks.build"),
         ("admin search text", base + "?q=bad+input+999999"),
+        ("admin search text, FAILED", base + "?q=bad+input+999999&status__exact=FAILED"),
+        ("admin search no match", base + "?q=no-such-thing"),
         ("admin past 7 days", base + "?enqueued=week"),
         ("admin older than 30 days, FAILED", base + "?enqueued=older&status__exact=FAILED"),
         ("admin one task", base + "big-000050000/change/"),
@@ -161,13 +190,38 @@ def pages():
         ("api status=DEAD", "/api/tasks?status=DEAD&limit=200"),
         ("api queue+task", "/api/tasks?queue=mail&task=tasks.tasks.add"),
     ]
-    print("| page | median ms | max ms |\n|---|---:|---:|")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| page | median ms | max ms | SQL median ms | queries |\n|---|---:|---:|---:|---:|")
     for name, url in checks:
         client = api if url.startswith(("/api", "http")) else browser
         response = client.get(url)
         assert response.status_code == 200, (url, response.status_code)
-        median, worst = timed(lambda: client.get(url))
-        print(f"| {name} | {median:.0f} | {worst:.0f} |", flush=True)
+        sql_ms, queries = [], 0
+
+        def load():
+            nonlocal queries
+            with CaptureQueriesContext(connection) as captured:
+                client.get(url)
+            sql_ms.append(sum(float(q["time"]) for q in captured.captured_queries) * 1000)
+            queries = len(captured.captured_queries)
+
+        median, worst = timed(load)
+        print(f"| {name} | {median:.0f} | {worst:.0f} | {statistics.median(sql_ms):.0f} | {queries} |", flush=True)
+
+
+def queue_status():
+    """queue_status --json in this process (no interpreter start-up), and the
+    history counts it reads, median of 5."""
+    import io
+
+    from django.core.management import call_command
+
+    from tasks.web.status import history_counts
+
+    median, worst = timed(lambda: call_command("queue_status", "--json", stdout=io.StringIO()))
+    print(f"\n| queue_status --json | {median:.0f} | {worst:.0f} |")
+    median, worst = timed(history_counts)
+    print(f"| its history counts | {median:.0f} | {worst:.0f} |", flush=True)
 
 
 def finished_gaps(drained):

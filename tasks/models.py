@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
 from tasks.exceptions import TaskAlreadyFinished
+from tasks.paginator import ESTIMATE_ABOVE, planner_estimate
 
 
 class TaskStatus(models.TextChoices):
@@ -44,11 +45,38 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         return self.filter(status__in=OPEN_STATUSES)
 
     def history_counts(self):
-        """{status: rows}, every status present, for the figures."""
-        counts = dict.fromkeys(TaskStatus.values, 0)
-        for row in self.values("status").annotate(n=models.Count("id")).order_by():
-            counts[row["status"]] = row["n"]
+        """{status: rows}, every status present, for the figures.
+
+        One count per status, through the index that leads with it; a status
+        with more than ESTIMATE_ABOVE rows is given the PostgreSQL planner's
+        estimate instead (tasks/paginator.py): counting ten million finished
+        rows exactly would read them all on every scrape."""
+        counts = {}
+        for status in TaskStatus.values:
+            rows = self.filter(status=status)
+            estimate = planner_estimate(rows)
+            counts[status] = estimate if estimate is not None and estimate > ESTIMATE_ABOVE else rows.count()
         return counts
+
+    def search(self, term, task_paths=()):
+        """The rows someone typing ``term`` in a search box looks for, each
+        kind found through an index, never by reading the whole table: the
+        task with that id; else, when ``term`` is part of some of
+        ``task_paths`` (the registered tasks), their rows; else the tasks
+        whose id starts with it (the primary key's pattern index) or whose
+        error contains it, case-insensitively (a trigram index on
+        PostgreSQL, migration 0010). The term is one phrase, not split in
+        words: its own trigrams narrow the error search down."""
+        term = term.strip()
+        if not term:
+            return self
+        if self.filter(id=term).exists():
+            return self.filter(id=term)
+        paths = [path for path in task_paths if term.lower() in path.lower()]
+        if paths:
+            return self.filter(task_path__in=paths)
+        # error <> '' matches the partial index's condition, so PostgreSQL uses it.
+        return self.filter(models.Q(id__startswith=term) | (models.Q(error__icontains=term) & ~models.Q(error="")))
 
     def database_answers(self):
         """Ask the database the rows live in for a trivial answer (health)."""
@@ -258,6 +286,11 @@ class TaskRecord(models.Model):
             # the API's cursor, the sweeper's walk and retention's: it replaces
             # the index on enqueued_at alone, so the table keeps as many indexes.
             models.Index(fields=["enqueued_at", "id"], name="task_by_enqueued"),
+            # The admin's "delayed until" and "priority" filters. Partial: only
+            # delayed tasks and those of a priority other than 0 are in them,
+            # so the plain enqueue-and-run path writes neither.
+            models.Index(fields=["run_after"], condition=models.Q(status="READY", run_after__isnull=False), name="task_delayed"),
+            models.Index(fields=["priority", "enqueued_at"], condition=~models.Q(priority=0), name="task_prioritised"),
         ]
         constraints = [
             # A partial unique index: a finished copy releases its key.

@@ -79,3 +79,16 @@ def append_slowly(path, line, seconds=0.005):
     with open(path, "a") as handle:
         handle.write(f"{line}\n")
     return line
+
+
+@task(takes_context=True)
+def record_run_as(context, path, seconds=0.0):
+    """Appends "<task id> <worker id>" to ``path``.started, works ``seconds``,
+    then appends the same line to ``path``: counts executions per task and
+    tells which worker ran each one, and which one is running now."""
+    line = f"{context.task_result.id} {context.task_result.worker_ids[-1]}\n"
+    with open(f"{path}.started", "a") as handle:
+        handle.write(line)
+    time.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(line)

@@ -92,7 +92,15 @@ class BatchExecutor:
             attempt = attempts.get(envelope.id)
             stopping = self.should_stop()
             if attempt is not None and owned and not stopping:
+                if time.monotonic() >= check_cancels_at:
+                    # A batch that has run a while: ask once for cancels of what is
+                    # left of it, never per task (a fast batch asks nothing).
+                    rest = [e.id for _, e in runnable[index:] if e.id in attempts]
+                    cancelled = self.db(self.recorder.cancel_requested_among, rest)
+                    check_cancels_at = time.monotonic() + CANCEL_CHECK_SECONDS
                 # Once one item is gone, all are: a recovery takes the whole list.
+                # Asked last before the run: the query above may have waited out
+                # the lease (a host cut off from the database and Redis alike).
                 owned = self._owns(queue, raw)
             if stopping or not owned:
                 if attempt is not None:
@@ -102,12 +110,6 @@ class BatchExecutor:
                 ack.done.append(raw)
                 ack.finished_ids.append(envelope.id)
                 continue
-            if time.monotonic() >= check_cancels_at:
-                # A batch that has run a while: ask once for cancels of what is
-                # left of it, never per task (a fast batch asks nothing).
-                rest = [e.id for _, e in runnable[index:] if e.id in attempts]
-                cancelled = self.db(self.recorder.cancel_requested_among, rest)
-                check_cancels_at = time.monotonic() + CANCEL_CHECK_SECONDS
             if envelope.id in cancelled:
                 verdict = self.cancelled(envelope)
             else:

@@ -239,3 +239,27 @@ def test_a_burst_run_takes_what_its_last_promotion_put_on_the_queue(worker, queu
     queue.schedule(envelope, clock.now - 1)  # already due, but the chore is not
     assert worker.step() == 1
     assert TaskRecord.objects.get(id=envelope.id).status == TaskStatus.SUCCESSFUL
+
+
+def test_a_batch_taken_back_while_the_cancel_check_waited_is_not_run(worker, queue, redis, monkeypatch):
+    """The database query before a task (the cancel check) may outlast the
+    lease: a host cut off from the network waits in it while the others take
+    its batch back and run it. Ownership is asked after that wait, not before."""
+    from tasks.worker import executor
+
+    monkeypatch.setattr(executor, "CANCEL_CHECK_SECONDS", 0)  # asked before the first task
+    worker.batch_size = 5
+    envelopes = [enqueue(queue, "tasks.tasks.add", n, n) for n in range(3)]
+
+    def taken_back_meanwhile(ids):
+        redis.delete(keys.lease(queue.key, "unit"))  # the lease lapsed...
+        worker.heartbeat.held_until = 0.0  # ...unrenewed...
+        assert queue.recover_expired()  # ...and another worker took the batch back
+        return set()
+
+    monkeypatch.setattr(worker.executor.recorder, "cancel_requested_among", taken_back_meanwhile)
+    assert worker.step() == 0
+    rows = TaskRecord.objects.filter(id__in=[e.id for e in envelopes])
+    assert not rows.filter(status=TaskStatus.SUCCESSFUL).exists()
+    assert set(rows.values_list("status", flat=True)) == {TaskStatus.READY}  # unclaimed, for whoever took them
+    assert in_flight(redis, queue) == []
