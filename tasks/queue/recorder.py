@@ -294,7 +294,7 @@ class Recorder:
             "ELSE outcome.status END, started_at = CAST(outcome.started_at AS timestamptz), "
             "finished_at = CAST(outcome.finished_at AS timestamptz), result = CAST(outcome.result AS jsonb) "
             f"FROM (VALUES {values}) AS outcome (id, status, started_at, finished_at, result) "
-            "WHERE task.id = outcome.id AND task.status IN (%s, %s)"
+            f"WHERE task.id = outcome.id AND {self._unindexed('task.status')} IN (%s, %s)"
         )
         params = [
             value
