@@ -1,0 +1,154 @@
+"""Threads that run tasks for one worker, and the watchdog that holds them to
+their time limits.
+
+``--concurrency N`` gives a worker N slots. A task whose function is a plain
+``def`` runs in one of these threads; the threads are started as work needs
+them, up to the slots, and each keeps its own database connection (Django's
+connections are per thread), closed when the thread ends.
+
+SIGALRM reaches the main thread only, so a thread's time limit is enforced by
+a watchdog thread that raises TaskTimeLimitExceeded into the overrunning
+thread (see tasks.worker.timelimit for what that cannot interrupt).
+"""
+
+import logging
+import queue as queue_module
+import threading
+import time
+from typing import NamedTuple
+
+from django.db import close_old_connections, connections
+
+from tasks.worker.timelimit import TaskTimeLimitExceeded, interrupt_thread, withdraw_interrupt
+
+logger = logging.getLogger(__name__)
+
+# How often the watchdog looks for tasks past their limit (limits are whole
+# seconds or more: mqsite.E013).
+WATCHDOG_TICK_SECONDS = 0.1
+
+
+class Running(NamedTuple):
+    """A task running in a slot: what the heartbeat and /metrics see."""
+
+    task: str
+    since: float  # time.monotonic() start
+    limit: float | None
+
+
+class SlotGuard:
+    """The time limit of the task running in one thread.
+
+    The watchdog fires only under ``lock`` and only while ``running`` is set;
+    the end of a run clears ``running`` under the same lock and withdraws a
+    shot not delivered yet, so a limit never hits the worker's own code after
+    the task returned.
+    """
+
+    def __init__(self, ident):
+        self.ident = ident
+        self.lock = threading.Lock()
+        self.running: Running | None = None
+        self.fired = False
+        self._pending: tuple | None = None
+
+    def __call__(self, task, limit):
+        self._pending = (task, limit)
+        return self
+
+    def __enter__(self):
+        task, limit = self._pending
+        with self.lock:
+            self.fired = False
+            self.running = Running(task, time.monotonic(), limit)
+
+    def __exit__(self, *exc_info):
+        while True:
+            try:
+                with self.lock:
+                    self.running = None
+                    if self.fired:
+                        withdraw_interrupt(self.ident)
+                return False
+            except TaskTimeLimitExceeded:
+                continue  # delivered just as the task ended: it is over now
+
+    def fire_if_overdue(self, now):
+        with self.lock:
+            running = self.running
+            if running is None or running.limit is None or self.fired:
+                return
+            if now - running.since >= running.limit:
+                self.fired = True
+                interrupt_thread(self.ident)
+                logger.warning("event=time_limit task=%s limit=%s thread=%d", running.task, running.limit, self.ident)
+
+
+class ThreadSlots:
+    """Runs ``run(job, guard)`` in up to ``size`` threads; each result goes to
+    ``done`` (a queue.Queue) as (job, result, exception)."""
+
+    def __init__(self, size, run, done):
+        self.size = size
+        self._run = run
+        self._done = done
+        self._jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._guards: list[SlotGuard] = []
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._exit = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def submit(self, job):
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._serve, name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="mq-time-limits", daemon=True)
+            self._watchdog.start()
+        self._jobs.put(job)
+
+    def running(self):
+        return [guard.running for guard in self._guards if guard.running is not None]
+
+    def stop(self):
+        """End every thread (after the job it runs); each closes its connection."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._exit.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+
+    def _serve(self):
+        guard = SlotGuard(threading.get_ident())
+        with self._lock:
+            self._guards.append(guard)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                try:
+                    self._done.put((job, self._run(job, guard), None))
+                except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
+                    self._done.put((job, None, exc))
+                # As Django does after a request: a connection broken by this
+                # task, or past CONN_MAX_AGE, is not left for the next one.
+                close_old_connections()
+                with self._lock:
+                    self._idle += 1
+        finally:
+            connections.close_all()
+
+    def _watch(self):
+        while not self._exit.wait(WATCHDOG_TICK_SECONDS):
+            now = time.monotonic()
+            for guard in list(self._guards):
+                guard.fire_if_overdue(now)
