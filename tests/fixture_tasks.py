@@ -74,7 +74,10 @@ def count_with_progress(context, path, total, seconds=0.0):
 
 @task
 def nap_and_note(path, line, seconds=0.2):
-    """Sleeps, then appends a line: an I/O-bound task whose runs are counted."""
+    """Appends "begin:<line>", sleeps, then appends the line: an I/O-bound
+    task whose starts and ends are counted."""
+    with open(path, "a") as handle:
+        handle.write(f"begin:{line}\n")
     time.sleep(float(seconds))
     with open(path, "a") as handle:
         handle.write(f"{line}\n")
