@@ -121,7 +121,7 @@ class Worker:
             urgent, busy = self.pool.most_urgent(), self.pool.busy
             if urgent is None:
                 return Snapshot(self.stopping, executor.processed, executor.failed_count, None, None, None, busy, self.concurrency)
-            return Snapshot(self.stopping, executor.processed, executor.failed_count, *urgent, busy, self.concurrency)
+            return Snapshot(self.stopping, executor.processed, executor.failed_count, urgent.task, urgent.since, urgent.limit, busy, self.concurrency)
         current = executor.current
         if current is None:
             return Snapshot(self.stopping, executor.processed, executor.failed_count, None, None, None, 0, 1)
@@ -276,11 +276,11 @@ class Worker:
         except RedisError:
             pass
 
-    def _drain_pool(self):
+    def _drain_pool(self, pool):
         """Let every running task finish and be recorded (warm shutdown)."""
         while True:
             try:
-                self.pool.drain()
+                pool.drain()
                 return
             except (RedisError, QueueUnavailable) as exc:
                 # Recorded already; their items stay in the processing list
@@ -295,7 +295,7 @@ class Worker:
 
     def _shutdown(self):
         if self.pool is not None:
-            self._drain_pool()  # under a live lease: the heartbeat still runs
+            self._drain_pool(self.pool)  # under a live lease: the heartbeat still runs
         self.heartbeat.stop()
         self.heartbeat.tell_stopping()
         try:

@@ -159,6 +159,7 @@ class SlotPool:
             started += 1
             job = Job(queue, raw, envelope, attempt)
             task = registry.get(envelope.task)
+            assert task is not None  # classify() turned unknown tasks into bad messages
             if iscoroutinefunction(task.func):
                 if executor._send_started:
                     # Here, not on the loop: a receiver may use the ORM.
@@ -181,6 +182,7 @@ class SlotPool:
         if attempt > max_attempts:
             return AsyncEnd(executor.dead(job.raw, envelope, attempt), None)
         task = registry.get(envelope.task)
+        assert task is not None
         started_at = utcnow()
         started(envelope.task, limit)
         control = None
@@ -196,9 +198,9 @@ class SlotPool:
                         value = await task.func(*envelope.args, **envelope.kwargs)
                 result = executor.storable(value)
         except TimeoutError as exc:
-            if deadline.expired():  # ours, not one the task raised itself
-                exc = TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s): cancelled")
-            error = executor.error_of(exc, attempt)
+            # deadline.expired(): our limit, not a TimeoutError of the task's own
+            ended = TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s): cancelled") if deadline.expired() else exc
+            error = executor.error_of(ended, attempt)
         except BaseException as exc:  # as in the thread slots: whatever task code raises is its failure
             error = executor.error_of(exc, attempt)
         fault_point("after_run")

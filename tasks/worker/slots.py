@@ -50,7 +50,7 @@ class SlotGuard:
         self.lock = threading.Lock()
         self.running: Running | None = None
         self.fired = False
-        self._pending: tuple | None = None
+        self._pending: tuple = (None, None)
 
     def __call__(self, task, limit):
         self._pending = (task, limit)
