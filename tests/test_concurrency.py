@@ -166,3 +166,18 @@ def test_concurrency_below_one_is_a_clear_error(redis_url, value):
     done = run_manage(redis_url, "listen_queue", "--concurrency", value)
     assert done.returncode != 0
     assert "--concurrency must be at least 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_busy_slots_in_metrics(redis_url, client, tmp_path):
+    from tests.test_metrics import scrape, value
+
+    path = tmp_path / "runs"
+    for i in range(4):
+        nap_and_note.enqueue(str(path), str(i), 4)
+    worker = manage(redis_url, "listen_queue", "--concurrency", "6", "--worker-id", "gauge")
+    try:
+        busy = ("mqsite_worker_busy_slots", frozenset({("worker", "gauge")}))
+        samples = wait_for(lambda: (s := scrape(client)).get(busy) == 4 and s, timeout=30, message="four busy slots")
+        assert value(samples, "mqsite_worker_slots", worker="gauge") == 6
+    finally:
+        assert stop(worker) == 0
