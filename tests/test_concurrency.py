@@ -181,3 +181,33 @@ def test_busy_slots_in_metrics(redis_url, client, tmp_path):
         assert value(samples, "mqsite_worker_slots", worker="gauge") == 6
     finally:
         assert stop(worker) == 0
+
+
+def test_the_readme_async_example_runs_as_pasted(tmp_path, monkeypatch):
+    import re
+    import sys
+
+    import django
+
+    from tasks.worker.loop import Worker
+    from tests.test_readme import README
+
+    example = next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "async def" in block)
+    if django.VERSION >= (6,):
+        example = example.replace("from django_tasks import", "from django.tasks import")
+    package = tmp_path / "readme_async"
+    package.mkdir()
+    (package / "__init__.py").touch()
+    (package / "tasks.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from readme_async.tasks import ping_partner
+
+        ids = [ping_partner.enqueue(f"https://example.com/{i}").id for i in range(20)]
+        Worker(burst=True, worker_id="readme-async", concurrency=100).run()
+    finally:
+        for name in ("readme_async", "readme_async.tasks"):
+            sys.modules.pop(name, None)
+    found = rows(ids)
+    assert {r.status for r in found.values()} == {TaskStatus.SUCCESSFUL}
+    assert found[ids[3]].result == "https://example.com/3"
