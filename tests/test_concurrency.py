@@ -211,3 +211,22 @@ def test_the_readme_async_example_runs_as_pasted(tmp_path, monkeypatch):
     found = rows(ids)
     assert {r.status for r in found.values()} == {TaskStatus.SUCCESSFUL}
     assert found[ids[3]].result == "https://example.com/3"
+
+
+def test_a_thread_stuck_in_a_blocking_call_is_given_up_at_its_limit(redis_url, tmp_path):
+    """time.sleep is one C call: no exception reaches the thread until it
+    returns. The task is recorded as timed out and the slot goes on."""
+    from tests.fixture_tasks import sleep_for
+
+    path = tmp_path / "runs"
+    options = {"MQ_TASK_OPTIONS": {"tests.fixture_tasks.sleep_for": {"time_limit": 1, "max_attempts": 1}}}
+    stuck = sleep_for.enqueue(3600).id
+    after = [nap_and_note.enqueue(str(path), str(i), 0.05).id for i in range(12)]
+
+    _, done = burst(redis_url, "--concurrency", "2", settings=options)
+
+    row = TaskRecord.objects.get(id=stuck)
+    assert row.status == TaskStatus.FAILED
+    assert "TaskTimeLimitExceeded" in row.error and "abandoned" in row.error
+    assert {r.status for r in rows(after).values()} == {TaskStatus.SUCCESSFUL}
+    assert "event=thread_abandoned" in done.stderr

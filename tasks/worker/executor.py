@@ -124,12 +124,19 @@ class BatchExecutor:
     def acknowledge(self, queue, ack, unrun=()):
         """Record the outcomes of ``ack``, then take its items off the
         processing list: one Redis round trip."""
+        self.record_outcomes(ack, unrun)
+        fault_point("after_record")
+        self.send_ack(queue, ack)
+
+    def record_outcomes(self, ack, unrun=()):
         self.db(self.recorder.finish, ack.successes)
         if ack.failures:
             self.db(self.recorder.fail, ack.failures)
         if unrun:
             self.db(self.recorder.unclaim, unrun, self.worker_id)
-        fault_point("after_record")
+
+    def send_ack(self, queue, ack):
+        """Take the recorded items of ``ack`` off the processing list."""
         queue.ack(
             self.worker_id,
             ack.done,

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import queue as queue_module
 import time
+from datetime import timedelta
 from inspect import iscoroutinefunction
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ from tasks.worker.executor import utcnow
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import LIMIT_GRACE_SECONDS
 from tasks.worker.outcomes import Ack
-from tasks.worker.slots import ThreadSlots
+from tasks.worker.slots import SlotAbandoned, ThreadSlots
 from tasks.worker.timelimit import TaskTimeLimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,16 @@ class SlotPool:
         self.threads = ThreadSlots(size, self._run_in_thread, self._done)
         self.loop = EventLoopSlots(self._run_async, self._done)
         self._poll = POLL_FIRST_SECONDS
+        # Recorded, but Redis refused their acknowledgement: sent again first
+        # thing each turn (releasing them instead, as the serial worker does,
+        # would also release what the running slots hold).
+        self._unacked: list = []
 
     # --- one turn of the worker's loop ----------------------------------------
     def step(self):
         """Record what finished, take for the free slots, hand out; None once
         a burst run is done (nothing running, nothing waiting)."""
+        self._send_unacked()
         self.collect()
         worker = self.worker
         worker.chores.run_due(worker.clock())
@@ -110,6 +116,7 @@ class SlotPool:
             if not self.overrun():
                 self.worker.notifier.watchdog()
             self.collect(FULL_WAIT_SECONDS)
+        self._send_unacked()
         self.threads.stop()
         self.loop.stop()
 
@@ -168,7 +175,9 @@ class SlotPool:
             else:
                 self.threads.submit(job)
         if ack.done or unrun:
-            executor.acknowledge(queue, ack, unrun)
+            executor.record_outcomes(ack, unrun)
+            self._unacked.append((queue, ack))
+            self._send_unacked()
         return started
 
     # --- in the slots -------------------------------------------------------------
@@ -231,7 +240,9 @@ class SlotPool:
         acks: dict = {}
         for job, outcome, problem in finished:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
-            if problem is not None:
+            if isinstance(problem, SlotAbandoned):
+                outcome = self._timed_out(job, problem)
+            elif problem is not None:
                 # Not the task's failure (that is a verdict): the worker's own.
                 # Left in the processing list, released at the worker's stop.
                 logger.error("event=slot_error task_id=%s task=%s error=%r", job.envelope.id, job.envelope.task, str(problem))
@@ -247,5 +258,22 @@ class SlotPool:
                 executor._signal(task_finished, task, finished_result(task, job.envelope, job.attempt, executor.worker_id, verdict.record))
             ack.add(job.raw, verdict)
             executor._count_and_log(job.queue, job.envelope, job.attempt, verdict)
-        for queue, (ack, unrun) in acks.items():
-            executor.acknowledge(queue, ack, unrun)
+        for ack, unrun in acks.values():
+            executor.record_outcomes(ack, unrun)
+        fault_point("after_record")
+        self._unacked += [(queue, ack) for queue, (ack, _) in acks.items()]
+        self._send_unacked()
+
+    def _timed_out(self, job, problem):
+        """The verdict of a task whose thread was abandoned at its time limit."""
+        executor = self.executor
+        max_attempts, _ = executor._options(job.envelope.task)
+        started_at = utcnow() - timedelta(seconds=time.monotonic() - problem.since)
+        error = executor.error_of(TaskTimeLimitExceeded(str(problem)), job.attempt)
+        return executor.verdict(job.raw, job.envelope, job.attempt, max_attempts, started_at, None, error)
+
+    def _send_unacked(self):
+        while self._unacked:
+            queue, ack = self._unacked[0]
+            self.executor.send_ack(queue, ack)
+            self._unacked.pop(0)

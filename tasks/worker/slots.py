@@ -26,6 +26,20 @@ logger = logging.getLogger(__name__)
 # How often the watchdog looks for tasks past their limit (limits are whole
 # seconds or more: mqsite.E013).
 WATCHDOG_TICK_SECONDS = 0.1
+# A thread the interrupt has not reached this long after the limit is inside
+# a call that no exception interrupts (time.sleep, a socket read without a
+# timeout, C code): its task is given up as timed out and another thread takes
+# the slot. The stuck thread ends when its call returns, its result dropped.
+ABANDON_AFTER_SECONDS = 2.0
+
+
+class SlotAbandoned(Exception):
+    """A task's thread did not stop at its time limit; ``since`` is the
+    time.monotonic() its run started."""
+
+    def __init__(self, since, limit):
+        super().__init__(f"task exceeded its time limit ({limit} s) inside a call no exception interrupts; its thread was abandoned")
+        self.since = since
 
 
 class Running(NamedTuple):
@@ -45,11 +59,13 @@ class SlotGuard:
     the task returned.
     """
 
-    def __init__(self, ident):
-        self.ident = ident
+    def __init__(self):
+        self.ident = 0  # set by the thread itself, before it runs a task
         self.lock = threading.Lock()
         self.running: Running | None = None
         self.fired = False
+        self.abandoned = False
+        self.job = None  # what the thread runs, while it runs it
         self._pending: tuple = (None, None)
 
     def __call__(self, task, limit):
@@ -74,14 +90,20 @@ class SlotGuard:
                 continue  # delivered just as the task ended: it is over now
 
     def fire_if_overdue(self, now):
+        """Interrupt a task past its limit; a job given up on, or None."""
         with self.lock:
             running = self.running
-            if running is None or running.limit is None or self.fired:
-                return
-            if now - running.since >= running.limit:
+            if running is None or running.limit is None:
+                return None
+            if not self.fired and now - running.since >= running.limit:
                 self.fired = True
                 interrupt_thread(self.ident)
                 logger.warning("event=time_limit task=%s limit=%s thread=%d", running.task, running.limit, self.ident)
+            elif self.fired and now - running.since >= running.limit + ABANDON_AFTER_SECONDS:
+                self.abandoned, self.running = True, None
+                logger.error("event=thread_abandoned task=%s limit=%s thread=%d (stuck in a call past its time limit)", running.task, running.limit, self.ident)
+                return self.job, SlotAbandoned(running.since, running.limit)
+            return None
 
 
 class ThreadSlots:
@@ -97,14 +119,17 @@ class ThreadSlots:
         self._guards: list[SlotGuard] = []
         self._lock = threading.Lock()
         self._idle = 0
+        self._abandoned = 0
         self._exit = threading.Event()
         self._watchdog: threading.Thread | None = None
 
     def submit(self, job):
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
-                thread = threading.Thread(target=self._serve, name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
+            if self._idle == 0 and len(self._threads) - self._abandoned < self.size:
+                guard = SlotGuard()
+                thread = threading.Thread(target=self._serve, args=(guard,), name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
                 self._threads.append(thread)
+                self._guards.append(guard)
                 thread.start()
             else:
                 self._idle -= 1
@@ -117,28 +142,34 @@ class ThreadSlots:
         return [guard.running for guard in self._guards if guard.running is not None]
 
     def stop(self):
-        """End every thread (after the job it runs); each closes its connection."""
-        for _ in self._threads:
+        """End every thread (after the job it runs); each closes its connection.
+        An abandoned thread is left to end with the process."""
+        serving = [thread for thread, guard in zip(self._threads, self._guards) if not guard.abandoned]
+        for _ in serving:
             self._jobs.put(None)
-        for thread in self._threads:
+        for thread in serving:
             thread.join()
         self._exit.set()
         if self._watchdog is not None:
             self._watchdog.join()
 
-    def _serve(self):
-        guard = SlotGuard(threading.get_ident())
-        with self._lock:
-            self._guards.append(guard)
+    def _serve(self, guard):
+        guard.ident = threading.get_ident()
         try:
             while True:
                 job = self._jobs.get()
                 if job is None:
                     return
+                guard.job = job
                 try:
-                    self._done.put((job, self._run(job, guard), None))
+                    end = (job, self._run(job, guard), None)
                 except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
-                    self._done.put((job, None, exc))
+                    end = (job, None, exc)
+                with guard.lock:
+                    if guard.abandoned:
+                        return  # given up on: its end was recorded already
+                    guard.job = None
+                self._done.put(end)
                 # As Django does after a request: a connection broken by this
                 # task, or past CONN_MAX_AGE, is not left for the next one.
                 close_old_connections()
@@ -151,4 +182,9 @@ class ThreadSlots:
         while not self._exit.wait(WATCHDOG_TICK_SECONDS):
             now = time.monotonic()
             for guard in list(self._guards):
-                guard.fire_if_overdue(now)
+                given_up = guard.fire_if_overdue(now)
+                if given_up is not None:
+                    with self._lock:
+                        self._abandoned += 1
+                    job, problem = given_up
+                    self._done.put((job, None, problem))
