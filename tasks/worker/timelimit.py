@@ -24,6 +24,10 @@ class TaskTimeLimitExceeded(BaseException):
     (a retry loop, careless error handling) must not swallow it and hang on.
     """
 
+    def __init__(self, *args):
+        # Raised into a thread by class (interrupt_thread), hence no arguments.
+        super().__init__(*(args or ("task exceeded its time limit",)))
+
 
 def _expire(signum, frame):
     raise TaskTimeLimitExceeded("task exceeded its time limit")
