@@ -164,7 +164,7 @@ def main():
                     label, worker, queue_key = PEER_CONFIGS[config[1]]
                     env = dict(os.environ, PORT=str(server.port), IO_PEER=config[1], IO_DONE_FILE=str(done_file),
                                PYTHONPATH=str(BENCH), PYTHONDONTWRITEBYTECODE="1")
-                    subprocess.run([str(python), str(BENCH / "io_peers.py"), str(args.n), str(args.seconds)],
+                    subprocess.run([str(python), "-c", f"import io_peers; io_peers.send_many({args.n}, {args.seconds})"],
                                    cwd=BENCH, env=env, check=True)
                     argv = [str(Path(python).parent / worker[0]), *worker[1:]]
                     rate, pss = drain(argv, env, BENCH, client, queue_key, args.n, done_file,

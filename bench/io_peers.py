@@ -50,9 +50,8 @@ elif PEER == "celery":
         nap.delay(seconds)
 
 
-if __name__ == "__main__":
-    import sys
-
-    count, seconds = int(sys.argv[1]), float(sys.argv[2])
+def send_many(count, seconds):
+    """Enqueue from a process that imported this module as io_peers: run as
+    __main__, the task names would say __main__, which no worker knows."""
     for _ in range(count):
         send(seconds)

@@ -84,16 +84,27 @@ class ReliableQueue:
             raise _refusal(self.name, exc) from exc
 
     # --- workers ---------------------------------------------------------
-    def take(self, worker_id, max_items, max_bytes):
+    def take(self, worker_id, max_items, max_bytes, acks=()):
         """Take up to max_items at once without blocking.
 
         Returns (items, oversized); oversized items are already dead-lettered
         and out of the sweeper's index, and come back as (size, task id or "").
+        ``acks``: (queue, keyword arguments of its ack()) sent before the take
+        in the same round trip, by a worker that frees slots and fills them
+        again in one go (--concurrency).
         """
-        items, oversized = self._take(
-            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key, self.lanes_key],
-            args=[max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES, self.lane_prefix, WAKE_TOKEN],
-        )
+        call = {
+            "keys": [self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key, self.lanes_key],
+            "args": [max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES, self.lane_prefix, WAKE_TOKEN],
+        }
+        if acks:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue, ack in acks:
+                    queue.ack(worker_id, client=pipe, **ack)
+                self._take(client=pipe, **call)
+                items, oversized = pipe.execute()[-1]
+        else:
+            items, oversized = self._take(**call)
         return items, [(size, task_id.decode()) for size, task_id in oversized]
 
     def take_blocking(self, worker_id, timeout):
@@ -120,14 +131,14 @@ class ReliableQueue:
                 pipe.lrem(processing, 1, raw)
             pipe.execute()
 
-    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None):
+    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None, client=None):
         """Acknowledge taken items in one round trip, once outcomes are recorded.
 
         done: raw items to drop from the processing list; finished_ids leave the
         sweeper's index; retries are (raw item, next envelope, due unix time)
         for the delayed set, scheduled only if the item is still this worker's;
         dead are envelope.DeadLetter entries; stats are counter increments for
-        /metrics.
+        /metrics. ``client``: a pipeline to add the call to.
         """
         stats = stats or {}
         argv = [dead_max, len(done), len(finished_ids), len(retries), len(dead), len(stats), *done, *finished_ids]
@@ -142,6 +153,7 @@ class ReliableQueue:
         self._ack(
             keys=[keys.processing(self.key, worker_id), self.ids_key, self.delayed_key, self.dead_key, self.stats_key],
             args=argv,
+            client=client,
         )
 
     def promote_due(self, now=None, limit=1000):

@@ -137,15 +137,7 @@ class BatchExecutor:
 
     def send_ack(self, queue, ack):
         """Take the recorded items of ``ack`` off the processing list."""
-        queue.ack(
-            self.worker_id,
-            ack.done,
-            ack.finished_ids,
-            ack.retries,
-            ack.dead,
-            dead_max=mq_settings.MQ_DEAD_LETTER_MAX,
-            stats=ack.stats,
-        )
+        queue.ack(self.worker_id, **ack_arguments(ack))
 
     # --- before running ------------------------------------------------------
     def _classify(self, queue, items):
@@ -395,6 +387,18 @@ class BatchExecutor:
         # printable: an exception's message, even its class's module name, may
         # carry NUL or lone surrogates, which the history row cannot store.
         return {"exception": printable(exception), "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+
+
+def ack_arguments(ack):
+    """ReliableQueue.ack()'s keyword arguments for an Ack."""
+    return {
+        "done": ack.done,
+        "finished_ids": ack.finished_ids,
+        "retries": ack.retries,
+        "dead": ack.dead,
+        "dead_max": mq_settings.MQ_DEAD_LETTER_MAX,
+        "stats": ack.stats,
+    }
 
 
 def utcnow():

@@ -267,9 +267,13 @@ class Worker:
         time.sleep(backoff_delay(self._redis_errors, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX))
         self._redis_errors += 1
         try:
-            for queue in self.queues:
+            if self.pool is not None and self.pool.busy:
                 # Not while slots run tasks: what they hold must not run twice.
-                if self.pool is None or not self.pool.busy:
+                self.pool.release_when_idle = True
+            elif self.pool is not None:
+                self.pool._release()
+            for queue in self.queues:
+                if self.pool is None:
                     queue.release(self.worker_id)
                 queue.register(self.worker_id, mq_settings.MQ_LEASE_SECONDS)
             self._redis_errors = 0

@@ -27,12 +27,14 @@ from typing import NamedTuple
 from django.db import close_old_connections
 
 from tasks import registry
+from tasks.conf import mq_settings
 from tasks.logfmt import task_context
+from tasks.queue.envelope import BadMessage, oversized
 from tasks.queue.backend import context_result, finished_result
 from tasks.signals import listened, task_finished, task_started
 from tasks.worker.aio import EventLoopSlots
 from tasks.worker.context import TaskControl
-from tasks.worker.executor import utcnow
+from tasks.worker.executor import ack_arguments, utcnow
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import LIMIT_GRACE_SECONDS
 from tasks.worker.outcomes import Ack
@@ -78,32 +80,39 @@ class SlotPool:
         self.threads = ThreadSlots(size, self._run_in_thread, self._done)
         self.loop = EventLoopSlots(self._run_async, self._done)
         self._poll = POLL_FIRST_SECONDS
-        # Recorded, but Redis refused their acknowledgement: sent again first
-        # thing each turn (releasing them instead, as the serial worker does,
-        # would also release what the running slots hold).
+        # (queue, Ack) recorded and not yet acknowledged: sent with the next
+        # take, in its round trip, or at the end of the turn. One Redis
+        # refused stays here and is sent again (releasing the processing list
+        # instead, as the serial worker does, would also release what the
+        # running slots hold: that waits for release_when_idle).
         self._unacked: list = []
+        self.release_when_idle = False
 
     # --- one turn of the worker's loop ----------------------------------------
     def step(self):
         """Record what finished, take for the free slots, hand out; None once
         a burst run is done (nothing running, nothing waiting)."""
-        self._send_unacked()
-        self.collect()
         worker = self.worker
+        if self.release_when_idle and not self.busy:
+            self._release()
+        self.collect()
         worker.chores.run_due(worker.clock())
         free = self.size - self.busy
         if worker.max_tasks is not None:
             free = min(free, worker.max_tasks - worker.processed - self.busy)
         if free > 0 and not worker.stopping:
             epoch = worker.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
-            taken = worker._take_waiting(free)
+            taken = self._take_waiting(free)
             if taken is None and self.busy == 0:
                 taken = worker._take(free)  # blocks, or ends a burst run
                 if taken is None:
                     return None
             if taken is not None and taken[1]:
                 self._poll = POLL_FIRST_SECONDS
-                return self._hand_out(taken[0], taken[1], epoch)
+                started = self._hand_out(taken[0], taken[1], epoch)
+                self._send_unacked()
+                return started
+        self._send_unacked()
         if self.busy:
             wait = FULL_WAIT_SECONDS if free <= 0 else self._poll
             self._poll = min(self._poll * 2, POLL_LONGEST_SECONDS)
@@ -137,7 +146,32 @@ class SlotPool:
         urgent = self.most_urgent()
         return urgent is not None and urgent.limit is not None and time.monotonic() - urgent.since > urgent.limit + LIMIT_GRACE_SECONDS
 
-    # --- handing out ------------------------------------------------------------
+    # --- taking and handing out ---------------------------------------------------
+    def _take_waiting(self, limit):
+        """Worker._take_waiting, with the acknowledgements that are due sent
+        in the take's round trip: a slot that frees is filled again for one
+        round trip, not two."""
+        worker, executor = self.worker, self.executor
+        max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
+        for queue in worker.queues:
+            acks = [(acked, ack_arguments(ack)) for acked, ack in self._unacked]
+            items, too_large = queue.take(worker.worker_id, limit, max_bytes, acks=acks)
+            self._unacked.clear()  # sent with the take
+            if too_large:
+                executor.record_bad(queue, [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large])
+            if items or too_large:
+                return queue, items
+        return None
+
+    def _release(self):
+        """Back to their queues: what Redis may hold for this worker that the
+        worker no longer knows of (a take whose answer was lost, acknowledgements
+        refused), once no slot runs anything."""
+        for queue in self.worker.queues:
+            queue.release(self.worker.worker_id)
+        self._unacked.clear()
+        self.release_when_idle = False
+
     def _hand_out(self, queue, items, epoch):
         executor = self.executor
         fault_point("after_take")
@@ -177,7 +211,6 @@ class SlotPool:
         if ack.done or unrun:
             executor.record_outcomes(ack, unrun)
             self._unacked.append((queue, ack))
-            self._send_unacked()
         return started
 
     # --- in the slots -------------------------------------------------------------
@@ -262,7 +295,6 @@ class SlotPool:
             executor.record_outcomes(ack, unrun)
         fault_point("after_record")
         self._unacked += [(queue, ack) for queue, (ack, _) in acks.items()]
-        self._send_unacked()
 
     def _timed_out(self, job, problem):
         """The verdict of a task whose thread was abandoned at its time limit."""
