@@ -51,6 +51,9 @@ BROKEN = [
     ({"MQ_CHANNEL_HANDLERS": {"news": None}}, "mqsite.E027"),
     ({"MQ_CHANNEL_HANDLERS": {"news": "tasks.channel.handlers.no_such_handler"}}, "mqsite.E028"),
     ({"MQ_DEFAULT_CHANNEL_HANDLER": "no_such_module.handle"}, "mqsite.E029"),
+    ({"MQ_WORKER_CONCURRENCY": 0}, "mqsite.E030"),
+    ({"MQ_WORKER_CONCURRENCY": "8"}, "mqsite.E030"),
+    ({"MQ_WORKER_CONCURRENCY": 2.5}, "mqsite.E030"),
 ]
 
 FINE = [
