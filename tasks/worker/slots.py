@@ -161,6 +161,7 @@ class ThreadSlots:
                 if job is None:
                     return
                 guard.job = job
+                end: tuple
                 try:
                     end = (job, self._run(job, guard), None)
                 except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
