@@ -12,6 +12,10 @@ Signal handlers only set ``stopping``; the batch in hand notices it between
 tasks (a warm shutdown: the task running finishes and is recorded, the rest
 go back to the queue untouched).
 
+With ``concurrency`` above 1 each turn is the SlotPool's instead
+(tasks.worker.pool): the same take, claim and acknowledgement, with the
+tasks run in thread slots and on an event loop.
+
 Queues, recorder and clock are arguments, so a test can run one batch with
 ``step()`` on fakeredis at a time of its choosing.
 """
