@@ -200,6 +200,12 @@ TASKS = {
 # --- mqsite (defaults and meaning in tasks/conf.py) --------------------------
 MQ_REDIS_URL = REDIS_URL
 MQ_API_TOKENS = env_list("MQ_API_TOKENS")
+# Tasks one listen_queue runs at once (README, "Workers"). Anything but a
+# whole number is kept as written, for `manage.py check` (mqsite.E030) to
+# name, rather than a traceback here.
+if os.environ.get("MQ_WORKER_CONCURRENCY", "").strip():
+    _concurrency = os.environ["MQ_WORKER_CONCURRENCY"].strip()
+    MQ_WORKER_CONCURRENCY = int(_concurrency) if _concurrency.isdigit() else _concurrency
 
 # --- Production hardening (active when DEBUG is off) -----------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

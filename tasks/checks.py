@@ -69,6 +69,7 @@ NUMBERS = tuple(
         ("mqsite.E021", "MQ_DEAD_LETTER_MAX", True, 1, False),
         ("mqsite.E023", "MQ_API_MAX_BODY_BYTES", True, 2, False),
         ("mqsite.E024", "MQ_RETRY_AFTER_SECONDS", True, 0, False),
+        ("mqsite.E032", "MQ_WORKER_CONCURRENCY", True, 1, False),
     )
 )
 NUMBER_RULES = {rule.setting: rule for rule in NUMBERS}

@@ -83,6 +83,12 @@ class MqSettings:
     def MQ_LEASE_SECONDS(self) -> Number:
         return getattr(settings, "MQ_LEASE_SECONDS", 10.0)
 
+    # Tasks one listen_queue runs at once (threads, and async def tasks on its
+    # event loop) when --concurrency is not given.
+    @property
+    def MQ_WORKER_CONCURRENCY(self) -> int:
+        return getattr(settings, "MQ_WORKER_CONCURRENCY", 1)
+
     # Largest batch a worker takes at once when the queue is deep.
     @property
     def MQ_MAX_BATCH(self) -> int:

@@ -3,6 +3,7 @@ stall the worker, so they are registered only by tests/settings.py
 (MQ_TASK_MODULES), never in a deployment; the test process registers them
 by importing this module."""
 
+import asyncio
 import logging
 import os
 import signal
@@ -92,3 +93,53 @@ def record_run_as(context, path, seconds=0.0):
     time.sleep(float(seconds))
     with open(path, "a") as handle:
         handle.write(line)
+
+
+@task
+def nap_and_note(path, line, seconds=0.2):
+    """Appends "begin:<line>", sleeps, then appends the line: an I/O-bound
+    task whose starts and ends are counted."""
+    with open(path, "a") as handle:
+        handle.write(f"begin:{line}\n")
+    time.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line
+
+
+@task
+def spin(path, line):
+    """Notes that it started, then loops in pure Python, never returning:
+    only a time limit ends it."""
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    turns = 0
+    while True:
+        turns += 1
+
+
+@task
+def raise_base(kind):
+    """Raises a BaseException that is not an Exception."""
+    raise {"exit": SystemExit(3), "interrupt": KeyboardInterrupt()}[kind]
+
+
+@task
+async def async_nap(path, line, seconds=0.1):
+    """An async def task: awaits, then appends a line."""
+    await asyncio.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line
+
+
+@task
+async def async_fail(message):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+@task
+async def async_forever():
+    """Awaits far longer than any time limit."""
+    await asyncio.sleep(3600)

@@ -117,7 +117,7 @@ def test_watchdog_pings_and_status_from_a_healthy_worker(redis_url, systemd, tmp
 
         add.enqueue(1, 2)
         deadline = time.monotonic() + 10
-        while not any("STATUS=processed=1 failed=0 current=-" in lines for lines in systemd.messages):
+        while not any("STATUS=processed=1 failed=0 current=- busy=0/1" in lines for lines in systemd.messages):
             assert time.monotonic() < deadline, "STATUS= never showed the task done"
             systemd.receive(0.5)
     finally:
@@ -257,3 +257,20 @@ def test_burst_worker_says_stopping_once(redis_url):
     add.enqueue(1, 1)
     assert Worker(burst=True, worker_id="sd-burst", notifier=notifier).run() == 1
     assert notifier.calls.count("stopping") == 1
+
+
+def test_status_shows_busy_slots_and_pings_go_on_while_slots_run(redis_url, systemd, tmp_path):
+    log = tmp_path / "worker.log"
+    for _ in range(3):
+        sleep_for.enqueue(4)
+    worker = manage(redis_url, "listen_queue", "--worker-id", "sd-slots", "--concurrency", "4", log_path=log)
+    try:
+        assert systemd.wait_for("READY=1", timeout=30) is not None, log.read_text()
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("STATUS=") and line.endswith(" busy=3/4") for lines in systemd.messages for line in lines):
+            assert time.monotonic() < deadline, f"STATUS= never showed three busy slots: {systemd.messages}"
+            systemd.receive(0.5)
+        # Three tasks within their limits: the worker still vouches for itself.
+        assert systemd.count("WATCHDOG=1", seconds=1.5) >= 1
+    finally:
+        assert stop(worker) == 0, log.read_text()

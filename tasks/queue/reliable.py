@@ -90,16 +90,27 @@ class ReliableQueue:
             raise _refusal(self.name, exc) from exc
 
     # --- workers ---------------------------------------------------------
-    def take(self, worker_id, max_items, max_bytes):
+    def take(self, worker_id, max_items, max_bytes, acks=()):
         """Take up to max_items at once without blocking.
 
         Returns (items, oversized); oversized items are already dead-lettered
         and out of the sweeper's index, and come back as (size, task id or "").
+        ``acks``: (queue, keyword arguments of its ack()) sent before the take
+        in the same round trip, by a worker that frees slots and fills them
+        again in one go (--concurrency).
         """
-        items, oversized = self._take(
-            keys=[self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key, self.lanes_key],
-            args=[max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES, self.lane_prefix, WAKE_TOKEN],
-        )
+        call = {
+            "keys": [self.key, keys.processing(self.key, worker_id), self.dead_key, self.recovered_key, self.ids_key, self.lanes_key],
+            "args": [max_items, max_bytes, now_iso(), worker_id, DEAD_EXCERPT_BYTES, self.lane_prefix, WAKE_TOKEN],
+        }
+        if acks:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue, ack in acks:
+                    queue.ack(worker_id, client=pipe, **ack)
+                self._take(client=pipe, **call)
+                items, oversized = pipe.execute()[-1]
+        else:
+            items, oversized = self._take(**call)
         return items, [(size, task_id.decode()) for size, task_id in oversized]
 
     def take_blocking(self, worker_id, timeout):
@@ -126,7 +137,10 @@ class ReliableQueue:
                 pipe.lrem(processing, 1, raw)
             pipe.execute()
 
-    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None, rates=None, latencies=()):
+    def ack(
+        self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000,
+        stats=None, rates=None, latencies=(), client=None,
+    ):
         """Acknowledge taken items in one round trip, once outcomes are recorded.
 
         done: raw items to drop from the processing list; finished_ids leave the
@@ -135,6 +149,7 @@ class ReliableQueue:
         dead are envelope.DeadLetter entries; stats are counter increments for
         /metrics; rates count outcomes ("ok", "err") for this second, and
         latencies are enqueue-to-start milliseconds, for the index's charts.
+        ``client``: a pipeline to add the call to.
         """
         # A batch's latencies beyond the kept number would be trimmed at once.
         stats, rates, latencies = stats or {}, rates or {}, list(latencies)[:LATENCIES_KEPT]
@@ -158,6 +173,7 @@ class ReliableQueue:
                 keys.rates(self.key, now - now % 60), keys.latencies(self.key),
             ],
             args=argv,
+            client=client,
         )
 
     def promote_due(self, now=None, limit=1000):

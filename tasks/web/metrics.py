@@ -113,6 +113,14 @@ def _process_families(snapshot):
         ("mqsite_workers", "Queue workers alive (heartbeat within three leases)."),
         ("mqsite_worker_processed", "Tasks run by one worker since it started.", "worker", "processed"),
     )
+    # Busy against total: a worker whose slots are all busy for long wants
+    # more --concurrency (I/O-bound tasks) or more processes (CPU-bound ones).
+    busy = GaugeMetricFamily("mqsite_worker_busy_slots", "Tasks one worker is running or recording now.", labels=["worker"])
+    slots = GaugeMetricFamily("mqsite_worker_slots", "Tasks one worker may run at once (--concurrency).", labels=["worker"])
+    for member in snapshot.workers:
+        busy.add_metric([member["id"]], member.get("busy", 0))
+        slots.add_metric([member["id"]], member.get("slots", 1))
+    workers += [busy, slots]
     listeners = _presence_families(
         snapshot.listeners,
         ("mqsite_listeners", "Channel listeners alive (heartbeat within three leases)."),

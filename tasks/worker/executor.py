@@ -120,24 +120,26 @@ class BatchExecutor:
             ack.add(raw, verdict, envelope.enqueued_at)
             self._count_and_log(queue, envelope, attempt, verdict)
 
+        self.acknowledge(queue, ack, unrun)
+        return len(runnable) - len(unrun)
+
+    def acknowledge(self, queue, ack, unrun=()):
+        """Record the outcomes of ``ack``, then take its items off the
+        processing list: one Redis round trip."""
+        self.record_outcomes(ack, unrun)
+        fault_point("after_record")
+        self.send_ack(queue, ack)
+
+    def record_outcomes(self, ack, unrun=()):
         self.db(self.recorder.finish, ack.successes)
         if ack.failures:
             self.db(self.recorder.fail, ack.failures)
         if unrun:
             self.db(self.recorder.unclaim, unrun, self.worker_id)
-        fault_point("after_record")
-        queue.ack(
-            self.worker_id,
-            ack.done,
-            ack.finished_ids,
-            ack.retries,
-            ack.dead,
-            dead_max=mq_settings.MQ_DEAD_LETTER_MAX,
-            stats=ack.stats,
-            rates=ack.rates,
-            latencies=ack.latencies,
-        )
-        return len(runnable) - len(unrun)
+
+    def send_ack(self, queue, ack):
+        """Take the recorded items of ``ack`` off the processing list."""
+        queue.ack(self.worker_id, **ack_arguments(ack))
 
     # --- before running ------------------------------------------------------
     def _classify(self, queue, items):
@@ -246,7 +248,9 @@ class BatchExecutor:
         return options
 
     # --- running -------------------------------------------------------------
-    def _run_to_verdict(self, raw, envelope, attempt):
+    def _run_to_verdict(self, raw, envelope, attempt, guard=None):
+        """Run one task and decide its end. ``guard(task, limit)``: the time
+        limit of a task run in a slot thread (--concurrency), else SIGALRM's."""
         max_attempts, limit = self._options(envelope.task)
         if attempt > max_attempts:
             return self.dead(raw, envelope, attempt)
@@ -254,7 +258,11 @@ class BatchExecutor:
         if self._send_started:
             task = registry.get(envelope.task)
             self._signal(task_started, task, context_result(task, envelope, attempt, self.worker_id, started_at))
-        result, error = self._run(envelope, attempt, started_at, limit)
+        result, error = self._run(envelope, attempt, started_at, limit, guard)
+        return self.verdict(raw, envelope, attempt, max_attempts, started_at, result, error)
+
+    def verdict(self, raw, envelope, attempt, max_attempts, started_at, result, error):
+        """The end of a run that gave ``result`` or ``error``."""
         finished_at = utcnow()
         if error is None:
             return self.succeeded(envelope, started_at, finished_at, result)
@@ -262,25 +270,24 @@ class BatchExecutor:
             return self.retry(raw, envelope, attempt, started_at, finished_at, error)
         return self.failed(raw, envelope, started_at, finished_at, error)
 
-    def _run(self, envelope, attempt, started_at, limit):
+    def _run(self, envelope, attempt, started_at, limit, guard=None):
         """(result, None) or (None, error entry) of one run of the task."""
         task = registry.get(envelope.task)
         assert task is not None  # classify() turned unknown tasks into bad messages
-        self.current = (envelope, time.monotonic(), limit)
+        if guard is None:
+            self.current = (envelope, time.monotonic(), limit)
+            limiter = time_limit(limit)
+        else:
+            limiter = guard(envelope.task, limit)
         control = None
         try:
-            with task_context(envelope.id, envelope.task), time_limit(limit):
+            with task_context(envelope.id, envelope.task), limiter:
                 if task.takes_context:
-                    running = context_result(task, envelope, attempt, self.worker_id, started_at)
                     control = TaskControl(envelope.id, self.recorder)
-                    context: TaskContext = WorkerTaskContext(task_result=running, control=control)
-                    value = task.call(context, *envelope.args, **envelope.kwargs)
+                    value = task.call(self.context(task, envelope, attempt, started_at, control), *envelope.args, **envelope.kwargs)
                 else:
                     value = task.call(*envelope.args, **envelope.kwargs)
-                result = to_json(value)
-                problem = unstorable(result)
-                if problem:  # fail the run here, rather than the worker at the database write
-                    raise ValueError(f"the task's return value cannot be recorded: {problem}")
+                result = self.storable(value)
             return result, None
         except ForcedStop:
             raise  # the operator's second signal ends the worker, not the task
@@ -288,12 +295,29 @@ class BatchExecutor:
             # Whatever task code raises is its failure: sys.exit(), a
             # KeyboardInterrupt (our SIGINT handler raises none), the time
             # limit's exception. Let through, they ended the whole worker.
-            return None, self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
+            return None, self.error_of(exc, attempt)
         finally:
-            self.current = None
+            if guard is None:
+                self.current = None
             if control is not None:
                 control.flush()  # the last progress, however recent the previous write
             fault_point("after_run")
+
+    def context(self, task, envelope, attempt, started_at, control) -> TaskContext:
+        running = context_result(task, envelope, attempt, self.worker_id, started_at)
+        return WorkerTaskContext(task_result=running, control=control)
+
+    @staticmethod
+    def storable(value):
+        """A task's return value as the history keeps it; ValueError if it cannot."""
+        result = to_json(value)
+        problem = unstorable(result)
+        if problem:  # fail the run here, rather than the worker at the database write
+            raise ValueError(f"the task's return value cannot be recorded: {problem}")
+        return result
+
+    def error_of(self, exc, attempt):
+        return self._error(f"{type(exc).__module__}.{type(exc).__qualname__}", _traceback(exc), attempt)
 
     def _signal(self, signal, task, task_result):
         """Send a Tasks API signal; a receiver's exception is logged, and
@@ -365,6 +389,20 @@ class BatchExecutor:
         # printable: an exception's message, even its class's module name, may
         # carry NUL or lone surrogates, which the history row cannot store.
         return {"exception": printable(exception), "traceback": printable(trace), "attempt": attempt, "worker": self.worker_id, "at": now_iso()}
+
+
+def ack_arguments(ack):
+    """ReliableQueue.ack()'s keyword arguments for an Ack."""
+    return {
+        "done": ack.done,
+        "finished_ids": ack.finished_ids,
+        "retries": ack.retries,
+        "dead": ack.dead,
+        "dead_max": mq_settings.MQ_DEAD_LETTER_MAX,
+        "stats": ack.stats,
+        "rates": ack.rates,
+        "latencies": ack.latencies,
+    }
 
 
 def utcnow():

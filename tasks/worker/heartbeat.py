@@ -53,9 +53,11 @@ class Snapshot(NamedTuple):
     task: str | None  # the task running now
     running_since: float | None  # its time.monotonic() start
     time_limit: float | None  # the limit it runs under (None: unlimited)
+    busy: int = 0  # slots running a task or waiting for its record
+    slots: int = 1  # --concurrency
 
     def status_text(self):
-        return f"processed={self.processed} failed={self.failed} current={self.task or '-'}"
+        return f"processed={self.processed} failed={self.failed} current={self.task or '-'} busy={self.busy}/{self.slots}"
 
 
 class Heartbeat:
@@ -114,6 +116,8 @@ class Heartbeat:
             "processed": snapshot.processed,
             "failed": snapshot.failed,
             "current": snapshot.task,
+            "busy": snapshot.busy,
+            "slots": snapshot.slots,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }

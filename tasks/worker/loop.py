@@ -12,6 +12,10 @@ Signal handlers only set ``stopping``; the batch in hand notices it between
 tasks (a warm shutdown: the task running finishes and is recorded, the rest
 go back to the queue untouched).
 
+With ``concurrency`` above 1 each turn is the SlotPool's instead
+(tasks.worker.pool): the same take, claim and acknowledgement, with the
+tasks run in thread slots and on an event loop.
+
 Queues, recorder and clock are arguments, so a test can run one batch with
 ``step()`` on fakeredis at a time of its choosing.
 """
@@ -39,6 +43,7 @@ from tasks.worker.chores import PROMOTE, worker_chores
 from tasks.worker.executor import BatchExecutor
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import Heartbeat, Snapshot
+from tasks.worker.pool import SlotPool
 from tasks.worker.timelimit import install_time_limit_handler
 
 logger = logging.getLogger(__name__)
@@ -59,9 +64,11 @@ class Worker:
         notifier=None,
         queues=None,
         clock=time.time,
+        concurrency=None,
     ):
         """``queues``: ReliableQueues to serve (default: ``queue_names`` on the
-        configured Redis); ``clock``: the unix time chores and retries go by."""
+        configured Redis); ``clock``: the unix time chores and retries go by;
+        ``concurrency``: tasks run at once (default MQ_WORKER_CONCURRENCY)."""
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         if queues is None:
             client = get_redis(retries=0)
@@ -87,6 +94,10 @@ class Worker:
         )
         self.executor = BatchExecutor(self.worker_id, self.recorder, self.heartbeat, self._db, clock, self._should_stop)
         self.chores = worker_chores(self.worker_id, self.queues, self._db)
+        self.concurrency = concurrency or mq_settings.MQ_WORKER_CONCURRENCY
+        # One slot keeps the serial loop below: no thread hand-over on the
+        # path of the fastest (no-op) drains.
+        self.pool = SlotPool(self, self.concurrency) if self.concurrency > 1 else None
 
     def request_stop(self):
         """Safe to call from a signal handler: finish the current task, then stop."""
@@ -109,11 +120,17 @@ class Worker:
         return self.executor.current
 
     def snapshot(self):
-        current = self.executor.current
+        executor = self.executor
+        if self.pool is not None:
+            urgent, busy = self.pool.most_urgent(), self.pool.busy
+            if urgent is None:
+                return Snapshot(self.stopping, executor.processed, executor.failed_count, None, None, None, busy, self.concurrency)
+            return Snapshot(self.stopping, executor.processed, executor.failed_count, urgent.task, urgent.since, urgent.limit, busy, self.concurrency)
+        current = executor.current
         if current is None:
-            return Snapshot(self.stopping, self.executor.processed, self.executor.failed_count, None, None, None)
+            return Snapshot(self.stopping, executor.processed, executor.failed_count, None, None, None, 0, 1)
         envelope, since, limit = current
-        return Snapshot(self.stopping, self.executor.processed, self.executor.failed_count, envelope.task, since, limit)
+        return Snapshot(self.stopping, executor.processed, executor.failed_count, envelope.task, since, limit, 1, 1)
 
     def status_text(self):
         return self.snapshot().status_text()
@@ -125,7 +142,8 @@ class Worker:
             return self.processed
         try:
             while not self.stopping and not self._reached_max():
-                self.notifier.watchdog()
+                if self.pool is None or not self.pool.overrun():
+                    self.notifier.watchdog()
                 fault_point("loop")
                 try:
                     if self.step() is None:
@@ -147,6 +165,8 @@ class Worker:
 
         Returns how many tasks ran, or None once a burst run is done.
         """
+        if self.pool is not None:
+            return self.pool.step()
         self.chores.run_due(self.clock())
         epoch = self.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
         taken = self._take()
@@ -196,9 +216,10 @@ class Worker:
         self.notifier.ready(self.status_text())
         return True
 
-    def _take(self):
-        """(queue, items) to process; None when a burst run is done."""
-        limit = self.batch_size
+    def _take(self, limit=None):
+        """(queue, items) to process, at most ``limit`` (default: the batch
+        size); None when a burst run is done."""
+        limit = limit or self.batch_size
         if self.max_tasks is not None:
             limit = max(1, min(limit, self.max_tasks - self.processed))
         taken = self._take_waiting(limit)
@@ -250,12 +271,30 @@ class Worker:
         time.sleep(backoff_delay(self._redis_errors, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX))
         self._redis_errors += 1
         try:
+            if self.pool is not None and self.pool.busy:
+                # Not while slots run tasks: what they hold must not run twice.
+                self.pool.release_when_idle = True
+            elif self.pool is not None:
+                self.pool._release()
             for queue in self.queues:
-                queue.release(self.worker_id)
+                if self.pool is None:
+                    queue.release(self.worker_id)
                 queue.register(self.worker_id, mq_settings.MQ_LEASE_SECONDS)
             self._redis_errors = 0
         except RedisError:
             pass
+
+    def _drain_pool(self, pool):
+        """Let every running task finish and be recorded (warm shutdown)."""
+        while True:
+            try:
+                pool.drain()
+                return
+            except (RedisError, QueueUnavailable) as exc:
+                # Recorded already; their items stay in the processing list
+                # and come back as duplicates a worker acknowledges unrun.
+                self._log_redis_down(exc)
+                time.sleep(REDIS_BACKOFF_BASE)
 
     def _log_redis_down(self, exc):
         if not self._redis_failing:
@@ -263,6 +302,8 @@ class Worker:
         self._redis_failing = True
 
     def _shutdown(self):
+        if self.pool is not None:
+            self._drain_pool(self.pool)  # under a live lease: the heartbeat still runs
         self.heartbeat.stop()
         self.heartbeat.tell_stopping()
         try:

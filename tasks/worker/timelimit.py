@@ -1,10 +1,17 @@
-"""A wall-clock limit for one task run, enforced with SIGALRM.
+"""A wall-clock limit for one task run.
 
-SIGALRM interrupts Python code and most blocking calls. Code stuck inside a
-C extension is not interrupted: there the systemd watchdog is the backstop
-(the heartbeat stops vouching for a task past its limit).
+In the main thread (``--concurrency 1``) SIGALRM enforces it: it interrupts
+Python code and most blocking calls. Signals reach the main thread only, so a
+task in a worker thread (``--concurrency N``) is interrupted by an exception
+raised into its thread (``interrupt_thread``), which the interpreter delivers
+at the thread's next Python instruction: a thread inside one C call or a
+blocking system call (time.sleep, a socket read without a timeout) is
+interrupted only once that call returns. Code stuck inside a C extension is
+not interrupted at all: there the systemd watchdog is the backstop (the
+worker stops vouching for a task past its limit).
 """
 
+import ctypes
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
@@ -16,6 +23,10 @@ class TaskTimeLimitExceeded(BaseException):
     A BaseException, like KeyboardInterrupt: a task's own ``except Exception``
     (a retry loop, careless error handling) must not swallow it and hang on.
     """
+
+    def __init__(self, *args):
+        # Raised into a thread by class (interrupt_thread), hence no arguments.
+        super().__init__(*(args or ("task exceeded its time limit",)))
 
 
 def _expire(signum, frame):
@@ -54,3 +65,18 @@ def _limited(seconds):
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+
+
+def interrupt_thread(ident):
+    """Raise TaskTimeLimitExceeded in thread ``ident`` at its next Python
+    instruction; True if that thread exists."""
+    return _set_async_exc(ident, TaskTimeLimitExceeded) == 1
+
+
+def withdraw_interrupt(ident):
+    """Drop an interrupt_thread() not delivered yet (the task ended first)."""
+    _set_async_exc(ident, ctypes.py_object())

@@ -20,6 +20,10 @@ FAULT_SETTINGS = {
     "MQ_SWEEP_GRACE_SECONDS": 2.0,
     "MQ_SWEEP_INTERVAL_SECONDS": 0.5,
 }
+# MQ_FAULT_CONCURRENCY=8 runs the whole fault suite with workers that run
+# several tasks at once (thread slots): every guarantee must hold there too.
+if os.environ.get("MQ_FAULT_CONCURRENCY"):
+    FAULT_SETTINGS["MQ_WORKER_CONCURRENCY"] = int(os.environ["MQ_FAULT_CONCURRENCY"])
 
 
 class WorkerProcess:

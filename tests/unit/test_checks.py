@@ -61,6 +61,9 @@ BROKEN = [
         {"MQ_REDIS_URL": "redis+cluster://h1:7000/", "MQ_CHANNEL_HANDLERS": {"news:*": "tasks.channel.handlers.log_message"}},
         "mqsite.E031",
     ),
+    ({"MQ_WORKER_CONCURRENCY": 0}, "mqsite.E032"),
+    ({"MQ_WORKER_CONCURRENCY": "8"}, "mqsite.E032"),
+    ({"MQ_WORKER_CONCURRENCY": 2.5}, "mqsite.E032"),
 ]
 
 FINE = [

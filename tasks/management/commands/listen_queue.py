@@ -22,6 +22,13 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="Drain what is queued, then exit 0.")
         parser.add_argument("--max-tasks", type=int, metavar="N", help="Exit 0 after running N tasks.")
         parser.add_argument(
+            "--concurrency",
+            type=int,
+            metavar="N",
+            help="Run up to N tasks at once: plain tasks in threads, async def tasks on the worker's "
+            "event loop. Default: MQ_WORKER_CONCURRENCY (1).",
+        )
+        parser.add_argument(
             "--worker-id",
             metavar="ID",
             help="Stable id (e.g. the systemd instance). A worker restarted with the same id first "
@@ -35,12 +42,15 @@ class Command(BaseCommand):
         burst: bool = False,
         max_tasks: int | None = None,
         worker_id: str | None = None,
+        concurrency: int | None = None,
         verbosity: int = 1,
         **options: Any,
     ) -> None:
         require_redis()
         if max_tasks is not None and max_tasks < 1:
             raise CommandError("--max-tasks must be at least 1.")
+        if concurrency is not None and concurrency < 1:
+            raise CommandError("--concurrency must be at least 1.")
         if worker_id is not None and not presence.valid_id(worker_id):
             raise CommandError(f"--worker-id may use {presence.MEMBER_ID_RULE}.")
         queues = queues or ["default"]
@@ -48,7 +58,7 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError("--queue needs a name.")
         set_verbosity(verbosity)
-        worker = Worker(queue_names=queues, worker_id=worker_id, burst=burst, max_tasks=max_tasks)
+        worker = Worker(queue_names=queues, worker_id=worker_id, burst=burst, max_tasks=max_tasks, concurrency=concurrency)
         install_stop_handlers(worker.request_stop)
         processed = worker.run()
         if verbosity > 1:

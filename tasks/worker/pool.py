@@ -1,0 +1,311 @@
+"""Many tasks at once in one worker: ``listen_queue --concurrency N``.
+
+The main thread stays the only one that talks to the queue and records
+outcomes; the slots only run tasks. Each turn it records what finished
+since the last one (all of it at once: one executemany and one ACK for
+every slot that finished together, so SQLite's single writer is not asked
+once per task), then takes at most as many items as it has free slots (no
+hoarding: what it cannot start now stays on the queue for other workers),
+claims them in one statement and hands them out: a plain ``def`` task to a
+thread (tasks.worker.slots), an ``async def`` one to the worker's event loop
+(tasks.worker.aio). A slot is free again once its task is recorded.
+
+Leases, recovery and the sweeper are the heartbeat's and the chores' as in
+the serial worker; the ownership check runs before the items of a take are
+handed out. On the first SIGTERM the worker takes nothing more and waits for
+every running task, records it, then returns whatever else it holds.
+"""
+
+import asyncio
+import logging
+import queue as queue_module
+import time
+from datetime import timedelta
+from inspect import iscoroutinefunction
+from typing import NamedTuple
+
+from django.db import close_old_connections
+
+from tasks import registry
+from tasks.conf import mq_settings
+from tasks.logfmt import task_context
+from tasks.queue.envelope import BadMessage, oversized
+from tasks.queue.backend import context_result, finished_result
+from tasks.signals import listened, task_finished, task_started
+from tasks.worker.aio import EventLoopSlots
+from tasks.worker.context import TaskControl
+from tasks.worker.executor import ack_arguments, utcnow
+from tasks.worker.faults import fault_point
+from tasks.worker.heartbeat import LIMIT_GRACE_SECONDS
+from tasks.worker.outcomes import Ack
+from tasks.worker.slots import SlotAbandoned, ThreadSlots
+from tasks.worker.timelimit import TaskTimeLimitExceeded
+
+logger = logging.getLogger(__name__)
+
+# While some slots run and the queue is empty, the worker looks at the queue
+# again after this long, doubling up to the longest: a completion wakes it at
+# once, a new item waits at most that long.
+POLL_FIRST_SECONDS = 0.005
+POLL_LONGEST_SECONDS = 0.1
+# With every slot busy there is nothing to take: wait for a completion, but
+# come back for the chores and the watchdog at least this often.
+FULL_WAIT_SECONDS = 0.5
+
+
+class Job(NamedTuple):
+    queue: object
+    raw: bytes
+    envelope: object
+    attempt: int
+
+
+class AsyncEnd(NamedTuple):
+    """What an ``async def`` task hands back: its verdict, and its control,
+    whose last progress the main thread writes."""
+
+    verdict: object
+    control: TaskControl | None
+
+
+class SlotPool:
+    """The slots of one Worker (see tasks.worker.loop.Worker)."""
+
+    def __init__(self, worker, size):
+        self.worker = worker
+        self.executor = worker.executor
+        self.size = size
+        self.busy = 0  # handed out and not yet recorded
+        self._done: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self.threads = ThreadSlots(size, self._run_in_thread, self._done)
+        self.loop = EventLoopSlots(self._run_async, self._done)
+        self._poll = POLL_FIRST_SECONDS
+        # (queue, Ack) recorded and not yet acknowledged: sent with the next
+        # take, in its round trip, or at the end of the turn. One Redis
+        # refused stays here and is sent again (releasing the processing list
+        # instead, as the serial worker does, would also release what the
+        # running slots hold: that waits for release_when_idle).
+        self._unacked: list = []
+        self.release_when_idle = False
+
+    # --- one turn of the worker's loop ----------------------------------------
+    def step(self):
+        """Record what finished, take for the free slots, hand out; None once
+        a burst run is done (nothing running, nothing waiting)."""
+        worker = self.worker
+        if self.release_when_idle and not self.busy:
+            self._release()
+        self.collect()
+        worker.chores.run_due(worker.clock())
+        free = self.size - self.busy
+        if worker.max_tasks is not None:
+            free = min(free, worker.max_tasks - worker.processed - self.busy)
+        if free > 0 and not worker.stopping:
+            epoch = worker.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
+            taken = self._take_waiting(free)
+            if taken is None and self.busy == 0:
+                taken = worker._take(free)  # blocks, or ends a burst run
+                if taken is None:
+                    return None
+            if taken is not None and taken[1]:
+                self._poll = POLL_FIRST_SECONDS
+                started = self._hand_out(taken[0], taken[1], epoch)
+                self._send_unacked()
+                return started
+        self._send_unacked()
+        if self.busy:
+            wait = FULL_WAIT_SECONDS if free <= 0 else self._poll
+            self._poll = min(self._poll * 2, POLL_LONGEST_SECONDS)
+            self.collect(wait)
+        return 0
+
+    def drain(self):
+        """Warm shutdown: wait for every running task and record it."""
+        while self.busy:
+            if not self.overrun():
+                self.worker.notifier.watchdog()
+            self.collect(FULL_WAIT_SECONDS)
+        self._send_unacked()
+        self.threads.stop()
+        self.loop.stop()
+
+    # --- what the worker reports ------------------------------------------------
+    def running(self):
+        return self.threads.running() + self.loop.running()
+
+    def most_urgent(self):
+        """The running task nearest to (or furthest past) its time limit."""
+        running = self.running()
+        if not running:
+            return None
+        return min(running, key=lambda r: r.since + r.limit if r.limit is not None else float("inf"))
+
+    def overrun(self):
+        """Whether a task is past its limit and grace: stuck where no
+        exception reaches it. The worker stops vouching to systemd."""
+        urgent = self.most_urgent()
+        return urgent is not None and urgent.limit is not None and time.monotonic() - urgent.since > urgent.limit + LIMIT_GRACE_SECONDS
+
+    # --- taking and handing out ---------------------------------------------------
+    def _take_waiting(self, limit):
+        """Worker._take_waiting, with the acknowledgements that are due sent
+        in the take's round trip: a slot that frees is filled again for one
+        round trip, not two."""
+        worker, executor = self.worker, self.executor
+        max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
+        for queue in worker.queues:
+            acks = [(acked, ack_arguments(ack)) for acked, ack in self._unacked]
+            items, too_large = queue.take(worker.worker_id, limit, max_bytes, acks=acks)
+            self._unacked.clear()  # sent with the take
+            if too_large:
+                executor.record_bad(queue, [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large])
+            if items or too_large:
+                return queue, items
+        return None
+
+    def _release(self):
+        """Back to their queues: what Redis may hold for this worker that the
+        worker no longer knows of (a take whose answer was lost, acknowledgements
+        refused), once no slot runs anything."""
+        for queue in self.worker.queues:
+            queue.release(self.worker.worker_id)
+        self._unacked.clear()
+        self.release_when_idle = False
+
+    def _hand_out(self, queue, items, epoch):
+        executor = self.executor
+        fault_point("after_take")
+        close_old_connections()
+        executor._batch_options = {}
+        executor._epoch = epoch
+        executor._send_started, executor._send_finished = listened(task_started), listened(task_finished)
+        runnable, bad = executor._classify(queue, items)
+        attempts = executor._claim([envelope for _, envelope in runnable])
+        ack, unrun, owned = Ack(), [], True
+        executor._reject(queue, bad, ack)
+        started = 0
+        for raw, envelope in runnable:
+            attempt = attempts.get(envelope.id)
+            if attempt is None:  # finished already: a duplicate delivery
+                ack.done.append(raw)
+                ack.finished_ids.append(envelope.id)
+                continue
+            if owned:
+                # Once one item is gone, all are: a recovery takes the whole list.
+                owned = executor._owns(queue, raw)
+            if not owned or self.worker.stopping:
+                unrun.append(envelope.id)
+                continue
+            self.busy += 1
+            started += 1
+            job = Job(queue, raw, envelope, attempt)
+            task = registry.get(envelope.task)
+            assert task is not None  # classify() turned unknown tasks into bad messages
+            if iscoroutinefunction(task.func):
+                if executor._send_started:
+                    # Here, not on the loop: a receiver may use the ORM.
+                    executor._signal(task_started, task, context_result(task, envelope, attempt, executor.worker_id, utcnow()))
+                self.loop.submit(job)
+            else:
+                self.threads.submit(job)
+        if ack.done or unrun:
+            executor.record_outcomes(ack, unrun)
+            self._unacked.append((queue, ack))
+        return started
+
+    # --- in the slots -------------------------------------------------------------
+    def _run_in_thread(self, job, guard):
+        return self.executor._run_to_verdict(job.raw, job.envelope, job.attempt, guard)
+
+    async def _run_async(self, job, started):
+        """The verdict of an ``async def`` task, awaited under its time limit."""
+        executor, envelope, attempt = self.executor, job.envelope, job.attempt
+        max_attempts, limit = executor._options(envelope.task)
+        if attempt > max_attempts:
+            return AsyncEnd(executor.dead(job.raw, envelope, attempt), None)
+        task = registry.get(envelope.task)
+        assert task is not None
+        started_at = utcnow()
+        started(envelope.task, limit)
+        control = None
+        result = error = None
+        try:
+            with task_context(envelope.id, envelope.task):
+                async with asyncio.timeout(limit) as deadline:
+                    if task.takes_context:
+                        control = TaskControl(envelope.id, executor.recorder)
+                        context = executor.context(task, envelope, attempt, started_at, control)
+                        value = await task.func(context, *envelope.args, **envelope.kwargs)
+                    else:
+                        value = await task.func(*envelope.args, **envelope.kwargs)
+                result = executor.storable(value)
+        except TimeoutError as exc:
+            # deadline.expired(): our limit, not a TimeoutError of the task's own
+            ended = TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s): cancelled") if deadline.expired() else exc
+            error = executor.error_of(ended, attempt)
+        except BaseException as exc:  # as in the thread slots: whatever task code raises is its failure
+            error = executor.error_of(exc, attempt)
+        fault_point("after_run")
+        # The control's last progress is written by the main thread: this
+        # thread runs the loop, where a blocking query does not belong.
+        return AsyncEnd(executor.verdict(job.raw, envelope, attempt, max_attempts, started_at, result, error), control)
+
+    # --- recording ------------------------------------------------------------------
+    def collect(self, timeout=None):
+        """Record every finished task (waiting up to ``timeout`` for the first)."""
+        try:
+            first = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+        except queue_module.Empty:
+            return
+        finished = [first]
+        while True:
+            try:
+                finished.append(self._done.get_nowait())
+            except queue_module.Empty:
+                break
+        try:
+            self._record(finished)
+        finally:
+            self.busy -= len(finished)  # free once recorded, or given up to recovery
+
+    def _record(self, finished):
+        executor = self.executor
+        acks: dict = {}
+        for job, outcome, problem in finished:
+            ack, unrun = acks.setdefault(job.queue, (Ack(), []))
+            if isinstance(problem, SlotAbandoned):
+                outcome = self._timed_out(job, problem)
+            elif problem is not None:
+                # Not the task's failure (that is a verdict): the worker's own.
+                # Left in the processing list, released at the worker's stop.
+                logger.error("event=slot_error task_id=%s task=%s error=%r", job.envelope.id, job.envelope.task, str(problem))
+                unrun.append(job.envelope.id)
+                continue
+            if isinstance(outcome, AsyncEnd):
+                outcome, control = outcome
+                if control is not None:
+                    control.flush()
+            verdict = outcome
+            if executor._send_finished and verdict.retry is None:
+                task = registry.get(job.envelope.task)
+                executor._signal(task_finished, task, finished_result(task, job.envelope, job.attempt, executor.worker_id, verdict.record))
+            ack.add(job.raw, verdict, job.envelope.enqueued_at)
+            executor._count_and_log(job.queue, job.envelope, job.attempt, verdict)
+        for ack, unrun in acks.values():
+            executor.record_outcomes(ack, unrun)
+        fault_point("after_record")
+        self._unacked += [(queue, ack) for queue, (ack, _) in acks.items()]
+
+    def _timed_out(self, job, problem):
+        """The verdict of a task whose thread was abandoned at its time limit."""
+        executor = self.executor
+        max_attempts, _ = executor._options(job.envelope.task)
+        started_at = utcnow() - timedelta(seconds=time.monotonic() - problem.since)
+        error = executor.error_of(TaskTimeLimitExceeded(str(problem)), job.attempt)
+        return executor.verdict(job.raw, job.envelope, job.attempt, max_attempts, started_at, None, error)
+
+    def _send_unacked(self):
+        while self._unacked:
+            queue, ack = self._unacked[0]
+            self.executor.send_ack(queue, ack)
+            self._unacked.pop(0)

@@ -1,0 +1,232 @@
+"""listen_queue --concurrency N as real processes: many tasks at once in one
+worker, every guarantee of the serial worker kept (kills, warm shutdown,
+time limits), and async def tasks on the worker's event loop."""
+
+import collections
+import signal
+import time
+
+import pytest
+
+from tasks.models import TaskRecord, TaskStatus
+from tests.fixture_tasks import async_fail, async_forever, async_nap, nap_and_note, raise_base, spin
+from tests.processes import manage, run_manage, stop, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+QUEUE = "task:prodcons:queue"
+
+
+def lines(path):
+    return collections.Counter(path.read_text().split()) if path.exists() else collections.Counter()
+
+
+def ends(path):
+    return collections.Counter({k: v for k, v in lines(path).items() if not k.startswith("begin:")})
+
+
+def begins(path):
+    return collections.Counter({k: v for k, v in lines(path).items() if k.startswith("begin:")})
+
+
+def rows(ids):
+    return {row.id: row for row in TaskRecord.objects.filter(id__in=ids)}
+
+
+def burst(redis_url, *args, settings=None, timeout=120):
+    """A --burst worker to completion: (wall seconds, CompletedProcess)."""
+    started = time.monotonic()
+    done = run_manage(redis_url, "listen_queue", "--burst", *args, settings=settings, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return time.monotonic() - started, done
+
+
+def test_eighty_io_bound_tasks_share_eight_slots(redis_url, redis_client, tmp_path):
+    path = tmp_path / "runs"
+    ids = [nap_and_note.enqueue(str(path), str(i), 0.2).id for i in range(80)]
+
+    wall, _ = burst(redis_url, "--concurrency", "8", "--worker-id", "c8")
+
+    # Serially this is 16 s of sleeping alone; half of it is a bound a slow
+    # machine (and the process's start) keeps well inside.
+    assert wall < 8, f"80 x 200 ms at --concurrency 8 took {wall:.1f} s"
+    assert ends(path) == collections.Counter({str(i): 1 for i in range(80)})
+    found = rows(ids)
+    assert {(r.status, r.attempts, r.worker) for r in found.values()} == {(TaskStatus.SUCCESSFUL, 1, "c8")}
+    assert len(found) == 80 and redis_client.llen(QUEUE) == 0
+
+
+def test_sigkill_mid_run_loses_nothing(redis_url, redis_client, tmp_path):
+    path = tmp_path / "runs"
+    ids = [nap_and_note.enqueue(str(path), str(i), 0.3).id for i in range(40)]
+    first = manage(redis_url, "listen_queue", "--concurrency", "8", "--worker-id", "doomed")
+    try:
+        wait_for(lambda: len(begins(path)) >= 12, message="a dozen tasks started")
+    finally:
+        stop(first, signal.SIGKILL)
+    # Another worker takes the killed one's items back once its lease lapses.
+    second = manage(redis_url, "listen_queue", "--concurrency", "8", "--worker-id", "heir")
+    try:
+        wait_for(
+            lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count() == 40,
+            timeout=60,
+            message="every task recorded",
+        )
+    finally:
+        assert stop(second) == 0
+    assert set(ends(path)) == {str(i) for i in range(40)}  # at least once each
+    assert redis_client.llen(QUEUE) == 0
+    assert not list(redis_client.scan_iter(match="{task:prodcons:queue}:processing:*"))
+
+
+def test_warm_shutdown_finishes_every_running_slot(redis_url, redis_client, tmp_path):
+    path = tmp_path / "runs"
+    ids = [nap_and_note.enqueue(str(path), str(i), 1.5).id for i in range(20)]
+    worker = manage(redis_url, "listen_queue", "--concurrency", "8", "--worker-id", "warm")
+    wait_for(lambda: len(begins(path)) == 8, message="eight tasks running")
+    assert stop(worker, signal.SIGTERM) == 0
+
+    started = {name.partition(":")[2] for name in begins(path)}
+    assert len(started) == 8, "a worker took more than its free slots"
+    assert ends(path) == collections.Counter({name: 1 for name in started})
+    found = rows(ids)
+    done = {found[ids[int(i)]].status for i in started}
+    assert done == {TaskStatus.SUCCESSFUL}
+    untouched = [task_id for i, task_id in enumerate(ids) if str(i) not in started]
+    assert {found[task_id].status for task_id in untouched} == {TaskStatus.READY}
+    assert redis_client.llen(QUEUE) == 12
+    assert not list(redis_client.scan_iter(match="{task:prodcons:queue}:processing:*"))
+
+
+def test_a_thread_spinning_in_python_is_stopped_while_the_others_work(redis_url, tmp_path):
+    path = tmp_path / "runs"
+    options = {"MQ_TASK_OPTIONS": {"tests.fixture_tasks.spin": {"time_limit": 3, "max_attempts": 1}}}
+    spinner = spin.enqueue(str(path), "spinner").id
+    naps = [nap_and_note.enqueue(str(path), str(i), 0.2).id for i in range(28)]
+
+    _, done = burst(redis_url, "--concurrency", "8", settings=options)
+
+    row = TaskRecord.objects.get(id=spinner)
+    assert row.status == TaskStatus.FAILED
+    assert "TaskTimeLimitExceeded" in row.error
+    found = rows(naps)
+    assert {r.status for r in found.values()} == {TaskStatus.SUCCESSFUL}
+    # 28 x 200 ms over seven free slots is under a second: the others did not
+    # wait for the spinning one (its limit is three).
+    assert max(r.finished_at for r in found.values()) < row.finished_at
+    assert "event=time_limit" in done.stderr
+
+
+def test_base_exceptions_from_tasks_in_threads_are_failures(redis_url, tmp_path):
+    path = tmp_path / "runs"
+    options = {"MQ_MAX_ATTEMPTS": 1}
+    exits = raise_base.enqueue("exit").id
+    interrupts = raise_base.enqueue("interrupt").id
+    after = [nap_and_note.enqueue(str(path), str(i), 0.01).id for i in range(10)]
+
+    burst(redis_url, "--concurrency", "4", settings=options)
+
+    found = rows([exits, interrupts, *after])
+    assert found[exits].status == TaskStatus.FAILED and "SystemExit" in found[exits].error
+    assert found[interrupts].status == TaskStatus.FAILED and "KeyboardInterrupt" in found[interrupts].error
+    assert {found[i].status for i in after} == {TaskStatus.SUCCESSFUL}
+
+
+def test_two_hundred_async_tasks_at_once(redis_url, tmp_path):
+    path = tmp_path / "runs"
+    ids = [async_nap.enqueue(str(path), str(i), 0.1).id for i in range(200)]
+
+    wall, _ = burst(redis_url, "--concurrency", "100")
+
+    # 20 s serially; well under 3 s when they overlap, and 10 s is a bound
+    # a loaded machine keeps.
+    assert wall < 10, f"200 async tasks of 100 ms at --concurrency 100 took {wall:.1f} s"
+    assert ends(path) == collections.Counter({str(i): 1 for i in range(200)})
+    assert {r.status for r in rows(ids).values()} == {TaskStatus.SUCCESSFUL}
+    assert {r.result for r in rows(ids[:3]).values()} == {"0", "1", "2"}
+
+
+def test_async_failures_and_time_limits(redis_url, tmp_path):
+    path = tmp_path / "runs"
+    options = {"MQ_MAX_ATTEMPTS": 1, "MQ_TASK_OPTIONS": {"tests.fixture_tasks.async_forever": {"time_limit": 1}}}
+    failing = async_fail.enqueue("no luck").id
+    forever = async_forever.enqueue().id
+    fine = [async_nap.enqueue(str(path), str(i), 0.05).id for i in range(5)]
+
+    burst(redis_url, "--concurrency", "4", settings=options)
+
+    found = rows([failing, forever, *fine])
+    assert found[failing].status == TaskStatus.FAILED and "ValueError" in found[failing].error
+    assert found[forever].status == TaskStatus.FAILED and "TaskTimeLimitExceeded" in found[forever].error
+    assert {found[i].status for i in fine} == {TaskStatus.SUCCESSFUL}
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_concurrency_below_one_is_a_clear_error(redis_url, value):
+    done = run_manage(redis_url, "listen_queue", "--concurrency", value)
+    assert done.returncode != 0
+    assert "--concurrency must be at least 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_busy_slots_in_metrics(redis_url, client, tmp_path):
+    from tests.test_metrics import scrape, value
+
+    path = tmp_path / "runs"
+    for i in range(4):
+        nap_and_note.enqueue(str(path), str(i), 4)
+    worker = manage(redis_url, "listen_queue", "--concurrency", "6", "--worker-id", "gauge")
+    try:
+        busy = ("mqsite_worker_busy_slots", frozenset({("worker", "gauge")}))
+        samples = wait_for(lambda: (s := scrape(client)).get(busy) == 4 and s, timeout=30, message="four busy slots")
+        assert value(samples, "mqsite_worker_slots", worker="gauge") == 6
+    finally:
+        assert stop(worker) == 0
+
+
+def test_the_readme_async_example_runs_as_pasted(tmp_path, monkeypatch):
+    import re
+    import sys
+
+    import django
+
+    from tasks.worker.loop import Worker
+    from tests.test_readme import README
+
+    example = next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "async def" in block)
+    if django.VERSION >= (6,):
+        example = example.replace("from django_tasks import", "from django.tasks import")
+    package = tmp_path / "readme_async"
+    package.mkdir()
+    (package / "__init__.py").touch()
+    (package / "tasks.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from readme_async.tasks import ping_partner
+
+        ids = [ping_partner.enqueue(f"https://example.com/{i}").id for i in range(20)]
+        Worker(burst=True, worker_id="readme-async", concurrency=100).run()
+    finally:
+        for name in ("readme_async", "readme_async.tasks"):
+            sys.modules.pop(name, None)
+    found = rows(ids)
+    assert {r.status for r in found.values()} == {TaskStatus.SUCCESSFUL}
+    assert found[ids[3]].result == "https://example.com/3"
+
+
+def test_a_thread_stuck_in_a_blocking_call_is_given_up_at_its_limit(redis_url, tmp_path):
+    """time.sleep is one C call: no exception reaches the thread until it
+    returns. The task is recorded as timed out and the slot goes on."""
+    from tests.fixture_tasks import sleep_for
+
+    path = tmp_path / "runs"
+    options = {"MQ_TASK_OPTIONS": {"tests.fixture_tasks.sleep_for": {"time_limit": 1, "max_attempts": 1}}}
+    stuck = sleep_for.enqueue(3600).id
+    after = [nap_and_note.enqueue(str(path), str(i), 0.05).id for i in range(12)]
+
+    _, done = burst(redis_url, "--concurrency", "2", settings=options)
+
+    row = TaskRecord.objects.get(id=stuck)
+    assert row.status == TaskStatus.FAILED
+    assert "TaskTimeLimitExceeded" in row.error and "abandoned" in row.error
+    assert {r.status for r in rows(after).values()} == {TaskStatus.SUCCESSFUL}
+    assert "event=thread_abandoned" in done.stderr
