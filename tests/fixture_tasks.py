@@ -143,3 +143,20 @@ async def async_fail(message):
 async def async_forever():
     """Awaits far longer than any time limit."""
     await asyncio.sleep(3600)
+
+
+@task(takes_context=True)
+async def async_until_cancelled(context, path, seconds=30.0):
+    """An async def task that reports progress and checks for a cancel each
+    turn, for at most ``seconds``: its context queries the database."""
+    with open(path, "a") as handle:
+        handle.write("started\n")
+    deadline = time.monotonic() + float(seconds)
+    turn = 0
+    while time.monotonic() < deadline:
+        turn += 1
+        context.set_progress(turn, None, f"turn {turn}")
+        if context.cancel_requested():
+            return "stopped"
+        await asyncio.sleep(0.01)
+    return "ran out"

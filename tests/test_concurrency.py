@@ -230,3 +230,24 @@ def test_a_thread_stuck_in_a_blocking_call_is_given_up_at_its_limit(redis_url, t
     assert "TaskTimeLimitExceeded" in row.error and "abandoned" in row.error
     assert {r.status for r in rows(after).values()} == {TaskStatus.SUCCESSFUL}
     assert "event=thread_abandoned" in done.stderr
+
+
+def test_an_async_task_reports_progress_and_hears_a_cancel(redis_url, tmp_path):
+    from tasks.queue.backend import cancel
+    from tests.fixture_tasks import async_until_cancelled
+
+    started = tmp_path / "started"
+    result = async_until_cancelled.enqueue(str(started), 60.0)
+    worker = manage(redis_url, "listen_queue", "--concurrency", "4", "--worker-id", "aio")
+    try:
+        wait_for(lambda: (TaskRecord.objects.get(id=result.id).progress or {}).get("done", 0) >= 2,
+                 message="progress from the async task")
+        assert cancel(result.id) == TaskStatus.RUNNING
+        # It would await for 60 s if its context could not read the request.
+        wait_for(lambda: TaskRecord.objects.get(id=result.id).status == TaskStatus.CANCELLED, timeout=15,
+                 message="the async task to stop")
+    finally:
+        assert stop(worker) == 0
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.result == "stopped" and row.progress["text"].startswith("turn ")
+    assert "SynchronousOnlyOperation" not in (row.error or "")

@@ -7,12 +7,15 @@ row at most once per CHECK_SECONDS, so a task may call them in a tight loop
 without a query per call; the last progress is written when the run ends.
 """
 
+import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from numbers import Real
 
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from tasks.compat import TaskContext
 
@@ -23,6 +26,35 @@ logger = logging.getLogger(__name__)
 CHECK_SECONDS = 0.5
 # A progress text is a status line, not a log.
 MAX_PROGRESS_TEXT = 200
+
+
+_off_loop_lock = threading.Lock()
+_off_loop: ThreadPoolExecutor | None = None
+
+
+def _query(call, *args):
+    """``call(*args)``, from a thread that runs no event loop.
+
+    Django refuses a query from a thread running an event loop
+    (SynchronousOnlyOperation), which is where an ``async def`` task's
+    context is called. Its queries go to one helper thread instead, with its
+    own database connection; the loop waits for the answer, a query at most
+    every CHECK_SECONDS per task, as a synchronous call would.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call(*args)
+    global _off_loop
+    with _off_loop_lock:
+        if _off_loop is None:
+            _off_loop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mq-context-db")
+    return _off_loop.submit(_fresh_connection_call, call, *args).result()
+
+
+def _fresh_connection_call(call, *args):
+    close_old_connections()  # the helper lives long: honour CONN_MAX_AGE and health checks
+    return call(*args)
 
 
 class TaskControl:
@@ -42,7 +74,7 @@ class TaskControl:
         now = time.monotonic()
         if now - self._checked_at >= CHECK_SECONDS:
             self._checked_at = now
-            self._cancel_requested = bool(self.recorder.cancel_requested_among([self.task_id]))
+            self._cancel_requested = bool(_query(self.recorder.cancel_requested_among, [self.task_id]))
         return self._cancel_requested
 
     def set_progress(self, done, total=None, text=""):
@@ -64,7 +96,7 @@ class TaskControl:
             return
         self._written_at = time.monotonic()
         try:
-            self.recorder.record_progress(self.task_id, self._progress)
+            _query(self.recorder.record_progress, self.task_id, self._progress)
         except DatabaseError as exc:
             logger.warning("event=progress_unrecorded task_id=%s error=%r", self.task_id, str(exc))
             return
