@@ -22,8 +22,8 @@ timeout = 30
 graceful_timeout = 30
 # Recycle workers now and then so a slow leak never grows unbounded; the
 # jitter keeps them from all restarting at the same moment.
-max_requests = 1000
-max_requests_jitter = 100
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS") or 1000)
+max_requests_jitter = max_requests // 10
 
 # The worker heartbeat file is fchmod()ed constantly; on a disk-backed /tmp
 # that can block a worker (gunicorn's FAQ), /dev/shm is memory.
