@@ -9,22 +9,23 @@ its raw SQL, in tasks/queue/recorder.py.
 
 from django.db import connections, models, router, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
 from tasks.exceptions import TaskAlreadyFinished
 
 
 class TaskStatus(models.TextChoices):
-    READY = "READY", "Ready"
-    RUNNING = "RUNNING", "Running"
-    SUCCESSFUL = "SUCCESSFUL", "Successful"
-    FAILED = "FAILED", "Failed"
+    READY = "READY", gettext_lazy("Ready")
+    RUNNING = "RUNNING", gettext_lazy("Running")
+    SUCCESSFUL = "SUCCESSFUL", gettext_lazy("Successful")
+    FAILED = "FAILED", gettext_lazy("Failed")
     # Never completed: a bad message, an unknown task, or a task that kept
     # killing its workers. Reported as FAILED through the Tasks API.
-    DEAD = "DEAD", "Dead"
+    DEAD = "DEAD", gettext_lazy("Dead")
     # Cancelled before it ran, or stopped on request while it ran. Reported
     # as FAILED through the Tasks API.
-    CANCELLED = "CANCELLED", "Cancelled"
+    CANCELLED = "CANCELLED", gettext_lazy("Cancelled")
 
 
 FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
@@ -323,6 +324,12 @@ def _iso(moment):
     return moment.isoformat() if moment else None
 
 
+def excerpt(text, length=24):
+    """The start of a message, on one line, for titles."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= length else flat[:length] + "..."
+
+
 class PublishedMessage(models.Model):
     """One row per broadcast, written by tasks.channel.publish.publish.
 
@@ -342,7 +349,10 @@ class PublishedMessage(models.Model):
         indexes = [models.Index(fields=["channel", "digest", "published_at"], name="published_by_digest")]
 
     def __str__(self):
-        return f"{self.channel} @ {self.published_at:%Y-%m-%d %H:%M:%S} -> {self.receivers}"
+        # What the admin's page title and breadcrumbs show: what was said,
+        # where, and to how many (not just when).
+        listeners = "listener" if self.receivers == 1 else "listeners"
+        return f"{self.channel}: {excerpt(self.payload)} -> {self.receivers} {listeners}"
 
 
 class ReceivedMessage(models.Model):
@@ -379,7 +389,7 @@ class ReceivedMessage(models.Model):
         indexes = [models.Index(fields=["channel", "digest", "received_at"], name="received_by_digest")]
 
     def __str__(self):
-        return f"{self.listener} <- {self.channel} @ {self.received_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.listener} <- {self.channel}: {excerpt(self.payload)}"
 
 
 # Periodic tasks' state lives in its own module; imported here so Django

@@ -7,17 +7,21 @@ and /metrics also match SECURE_REDIRECT_EXEMPT so probes may use plain HTTP.
 from django.urls import path, re_path
 
 from tasks.web import api
+from tasks.web import dashboard
 from tasks.web import metrics
+from tasks.web import taskpage
 from tasks.web import views
 
 app_name = "tasks"
 
 urlpatterns = [
-    path("", views.index, name="index"),
+    path("", dashboard.index, name="index"),
+    path("dead-letters/requeue", dashboard.requeue_dead_letter, name="requeue-dead-letter"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("prodcons", views.prodcons, name="prodcons"),
     path("pubsub", views.pubsub_page, name="pubsub"),
-    path("tasks/<str:task_id>", views.task_page, name="task"),
+    path("tasks/<str:task_id>", taskpage.task_page, name="task"),
+    path("tasks/<str:task_id>/status", taskpage.task_status, name="task-status"),
     path("api/tasks", api.tasks_collection, name="api-tasks"),
     path("api/tasks/<str:task_id>", api.task_detail, name="api-task"),
     path("api/tasks/<str:task_id>/cancel", api.cancel_task, name="api-task-cancel"),

@@ -31,9 +31,9 @@ PROTOCOL = (
     "tasks.channel.subscription",
 )
 # Modules that answer requests. What two of them share lives in a module that
-# is not a view (web/status.py, web/auth.py, web/errors.py, web/health.py's
+# is not a view (web/status.py, web/auth.py, web/access.py, web/errors.py, web/health.py's
 # probe), so each view reads on its own.
-VIEWS = ("tasks.web.views", "tasks.web.api", "tasks.web.metrics")
+VIEWS = ("tasks.web.views", "tasks.web.api", "tasks.web.metrics", "tasks.web.taskpage", "tasks.web.dashboard")
 
 
 @dataclass(frozen=True)

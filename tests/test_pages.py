@@ -81,7 +81,7 @@ def test_index_shows_links_and_figures(client):
     response = client.get("/")
     assert response.status_code == 200
     page = response.content.decode()
-    for fragment in ('href="/prodcons"', 'href="/pubsub"', 'href="/admin/"', QUEUE, 'data-stats-url="/api/stats"', CHANNEL):
+    for fragment in ('href="/prodcons"', 'href="/pubsub"', 'href="/admin/"', QUEUE, '<div id="live" data-refresh-ms="5000">', CHANNEL):
         assert fragment in page
     assert 'id="redis-down" class="banner error" role="alert" hidden' in page
 
@@ -92,7 +92,7 @@ def test_index_degrades_when_redis_is_down(client, redis_down):
     page = response.content.decode()
     assert "Redis is not answering" in page
     assert 'role="alert" hidden' not in page
-    assert "SUCCESSFUL" in page  # the history comes from the database and still shows
+    assert "<td>Successful</td>" in page  # the history comes from the database and still shows
 
 
 def test_every_page_names_a_favicon_that_is_served(client):
@@ -131,15 +131,23 @@ def test_post_with_csrf_enqueues_and_redirects_with_links(redis_client):
     assert redis_client.llen(QUEUE) == 3
     page = client.get("/prodcons").content.decode()
     assert "Enqueued 3 tasks.tasks.cook_dish tasks" in page
+    # The new tasks, each linked to its page, with a status task.js keeps live.
+    new_tasks = page[page.index('<ul id="new-tasks"'):]
+    new_tasks = new_tasks[:new_tasks.index("</ul>")]
     for row in rows:
-        assert f'<a href="/admin/tasks/taskrecord/{row.id}/change/">{row.id}</a>' in page
+        assert f'<a href="/tasks/{row.id}">{row.id}</a>' in page
+        assert f'<li data-task-id="{row.id}" data-status-url="/tasks/{row.id}/status">' in new_tasks
+        assert f'<a href="/tasks/{row.id}"><code>{row.id}</code></a>' in new_tasks
+    assert new_tasks.count('data-task-status="READY"') == 3
+    # Shown once: a later visit forgets them.
+    assert 'id="new-tasks"' not in client.get("/prodcons").content.decode()
 
 
 def test_one_task_message_names_its_id(enqueuer):
     response = enqueuer.post("/prodcons", {"count": 1}, follow=True)
     row = TaskRecord.objects.get()
     assert row.args == []  # no number: the task picks one
-    assert f"Enqueued task tasks.tasks.cook_dish with id <a href=\"/admin/tasks/taskrecord/{row.id}/change/\">" in (
+    assert f"Enqueued task tasks.tasks.cook_dish with id <a href=\"/tasks/{row.id}\">" in (
         response.content.decode()
     )
 
@@ -210,14 +218,16 @@ def test_pubsub_publishes_and_counts_one_listener(subscriber):
     assert (message["channel"], message["data"]) == (CHANNEL.encode(), b"hello 7")
     row = PublishedMessage.objects.get()
     assert (row.channel, row.payload, row.receivers, row.publisher) == (CHANNEL, "hello 7", 1, "user:alice")
-    assert f"Published to {CHANNEL}: received by 1 listener." in client.get("/pubsub").content.decode()
+    page = client.get("/pubsub").content.decode()
+    assert f'<p id="publish-result" data-receivers="1" class="banner success" role="status">Published to {CHANNEL}: received by 1 listener.</p>' in page
+    assert 'id="publish-result"' not in client.get("/pubsub").content.decode()
 
 
 def test_pubsub_with_nobody_listening_says_zero_listeners():
     staff = logged_in(make_user("sam", PUBLISH, staff=True))
     response = staff.post("/pubsub", {"message": "into the void", "channel": "nobody-here"}, follow=True)
     page = response.content.decode()
-    assert "Published to nobody-here: received by 0 listeners." in page
+    assert "Published to nobody-here: received by 0 listeners." in page and 'data-receivers="0"' in page
     assert "Nobody was listening" in page
     assert PublishedMessage.objects.get().publisher == "user:sam"
 

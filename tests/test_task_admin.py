@@ -1,12 +1,16 @@
 """The task history in the admin: read-only pages and the two actions."""
 
+import re
+
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.test import Client
 
 from tasks.queue.backend import queue_for
-from tasks.models import TaskRecord, TaskStatus
+from django.utils import timezone
+
+from tasks.models import PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
 from tasks.tasks import add
 from tasks.worker.loop import Worker
 from tests.fixture_tasks import append_to_file
@@ -165,3 +169,33 @@ def test_purge_dead_letters_empties_the_queue_dead_list(admin_client, failed_wri
     assert "Purged the dead-letter list of queue(s): default." in response.content.decode()
     assert queue_for("default").dead_letters() == []
     assert TaskRecord.objects.get(id=row.id).status == TaskStatus.FAILED  # history stays
+
+
+def test_the_list_shows_short_ids_coloured_statuses_duration_and_seconds(admin_client):
+    started = timezone.now().replace(microsecond=0)
+    row = TaskRecord.objects.create(
+        id="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", task_path="tasks.tasks.add", queue="default",
+        status=TaskStatus.SUCCESSFUL, enqueued_at=started, started_at=started,
+        finished_at=started + timezone.timedelta(seconds=1.25), attempts=2,
+    )
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert '<span title="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG">abcdefgh…</span>' in page
+    assert '<span class="mq-status mq-status-successful">Successful</span>' in page
+    assert "1.250 s" in page
+    finished = timezone.localtime(row.finished_at)
+    assert f'title="{finished:%Y-%m-%d %H:%M:%S}">{finished:%H:%M:%S}</time>' in page  # today: the time alone
+    headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', page)
+    assert headers == ["short_id", "status_badge", "task_path", "queue", "priority", "attempts", "task_progress", "duration", "run_after_s", "finished"]
+    old = timezone.now() - timezone.timedelta(days=3)
+    TaskRecord.objects.filter(id=row.id).update(finished_at=old)
+    assert f">{timezone.localtime(old):%Y-%m-%d %H:%M:%S}</time>" in admin_client.get(CHANGELIST).content.decode()
+    assert "<title>Select task record to view | mqsite</title>" in page and ">mqsite</a>" in page
+    assert "/static/tasks/admin.css" in page
+
+
+def test_message_titles_say_what_was_said_and_to_how_many():
+    now = timezone.now()
+    message = PublishedMessage(channel="orders", payload='{"id": 7, "items": ["tea", "cake", "more"]}', published_at=now, receivers=2)
+    assert str(message) == 'orders: {"id": 7, "items": ["tea... -> 2 listeners'
+    assert str(PublishedMessage(channel="c", payload="hi\nthere", published_at=now, receivers=1)) == "c: hi there -> 1 listener"
+    assert str(ReceivedMessage(listener="l1", channel="c", payload="short", received_at=now)) == "l1 <- c: short"

@@ -46,6 +46,19 @@ def stats(queue_key):
     return f"{{{queue_key}}}:stats"
 
 
+def rates(queue_key, minute):
+    """Hash of one minute's outcomes per second ("<unix second>:ok" -> count,
+    "...:err"), for the index's charts; each expires after a few minutes (see
+    reliable.RATES_TTL), so nothing ever trims them."""
+    return f"{{{queue_key}}}:rates:{minute}"
+
+
+def latencies(queue_key):
+    """List of the latest enqueue-to-start latencies in milliseconds, newest
+    first, capped (see reliable.LATENCIES_KEPT): the index's percentiles."""
+    return f"{{{queue_key}}}:latencies"
+
+
 def queue_workers(queue_key):
     """Set of worker ids that may hold a processing list for this queue."""
     return f"{{{queue_key}}}:workers"

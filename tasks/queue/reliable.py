@@ -24,6 +24,12 @@ from tasks.queue.envelope import DEAD_EXCERPT_BYTES, now_iso
 # a worker blocked on that list wakes at once (scripts.LANES). Not JSON, so no
 # release of mqsite takes it for a task; every take drops it.
 WAKE_TOKEN = b"mq:wake"
+# The index charts this many seconds of per-second outcomes; each minute's
+# hash outlives them a little, then Redis drops it.
+RATES_WINDOW = 300
+RATES_TTL = RATES_WINDOW + 120
+# Latest enqueue-to-start latencies kept per queue, for the percentiles.
+LATENCIES_KEPT = 1000
 
 
 def _refusal(queue_name, exc):
@@ -120,17 +126,21 @@ class ReliableQueue:
                 pipe.lrem(processing, 1, raw)
             pipe.execute()
 
-    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None):
+    def ack(self, worker_id, done, finished_ids=(), retries=(), dead=(), dead_max=10000, stats=None, rates=None, latencies=()):
         """Acknowledge taken items in one round trip, once outcomes are recorded.
 
         done: raw items to drop from the processing list; finished_ids leave the
         sweeper's index; retries are (raw item, next envelope, due unix time)
         for the delayed set, scheduled only if the item is still this worker's;
         dead are envelope.DeadLetter entries; stats are counter increments for
-        /metrics.
+        /metrics; rates count outcomes ("ok", "err") for this second, and
+        latencies are enqueue-to-start milliseconds, for the index's charts.
         """
-        stats = stats or {}
-        argv = [dead_max, len(done), len(finished_ids), len(retries), len(dead), len(stats), *done, *finished_ids]
+        # A batch's latencies beyond the kept number would be trimmed at once.
+        stats, rates, latencies = stats or {}, rates or {}, list(latencies)[:LATENCIES_KEPT]
+        now = int(time.time())
+        counts = [len(done), len(finished_ids), len(retries), len(dead), len(stats), len(rates), len(latencies)]
+        argv = [dead_max, *counts, LATENCIES_KEPT, RATES_TTL, *done, *finished_ids]
         for raw, envelope, due in retries:
             argv += [raw, due, envelope.encode()]
         if dead:
@@ -139,8 +149,14 @@ class ReliableQueue:
                 argv += [letter.reason, letter.id, letter.task, worker_id, at, letter.item]
         for name, amount in stats.items():
             argv += [name, amount]
+        for name, amount in rates.items():
+            argv += [f"{now}:{name}", amount]
+        argv += latencies
         self._ack(
-            keys=[keys.processing(self.key, worker_id), self.ids_key, self.delayed_key, self.dead_key, self.stats_key],
+            keys=[
+                keys.processing(self.key, worker_id), self.ids_key, self.delayed_key, self.dead_key, self.stats_key,
+                keys.rates(self.key, now - now % 60), keys.latencies(self.key),
+            ],
             args=argv,
         )
 
@@ -319,6 +335,36 @@ class ReliableQueue:
 
     def stats(self):
         return {k.decode(): float(v) for k, v in self.client.hgetall(self.stats_key).items()}
+
+    def rates(self, now=None, window=RATES_WINDOW):
+        """{"ok": [...], "err": [...]}: outcomes acknowledged in each of the
+        last ``window`` seconds, oldest first (the last entry is ``now``)."""
+        end = int(time.time() if now is None else now)
+        start = end - window + 1
+        with self.client.pipeline(transaction=False) as pipe:
+            for minute in range(start - start % 60, end + 1, 60):
+                pipe.hgetall(keys.rates(self.key, minute))
+            hashes = pipe.execute()
+        series = {"ok": [0] * window, "err": [0] * window}
+        for fields in hashes:
+            for field, count in fields.items():
+                second, _, name = field.decode().partition(":")
+                if name in series and second.isdigit() and start <= int(second) <= end:
+                    series[name][int(second) - start] += int(count)
+        return series
+
+    def latencies(self):
+        """The latest enqueue-to-start latencies, in milliseconds, newest first
+        (an entry no worker wrote, not a number, is left out)."""
+        values = []
+        for raw in self.client.lrange(keys.latencies(self.key), 0, LATENCIES_KEPT - 1):
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if value == value and value not in (float("inf"), float("-inf")):  # NaN and infinities sort nowhere
+                values.append(value)
+        return values
 
 
 def _enqueued_at(item):

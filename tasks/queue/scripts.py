@@ -171,7 +171,8 @@ return {items, oversized}
 # Why: acknowledging a batch is one command, not one per item: building,
 # sending and parsing 200 LREMs cost a fifth of a no-op task. Atomic, so the
 # items leave the processing list together with their retries, dead letters
-# and counters. Items were pushed on the left as they were taken, so the
+# and counters (the index's per-second outcomes and latencies too, so
+# charting costs no round trip of its own). Items were pushed on the left as they were taken, so the
 # oldest sits at the tail and LREM from the tail finds each at once. A retry
 # is scheduled only while its item is still in the list: a worker stalled
 # past its lease lost the item to the worker that took it back, whose retry
@@ -182,21 +183,36 @@ ACK = DEAD_ENTRY + """
 -- KEYS[3] = delayed sorted set
 -- KEYS[4] = dead-letter list
 -- KEYS[5] = stats hash
+-- KEYS[6] = this minute's per-second outcome hash (expires)
+-- KEYS[7] = recent latencies list (capped)
 -- ARGV[1] = dead-letter list's maximum length
--- ARGV[2..6] = how many: done items, finished ids, retries, dead entries, stats
+-- ARGV[2..8] = how many: done items, finished ids, retries, dead entries,
+-- stats, rates, latencies
+-- ARGV[9], ARGV[10] = latencies kept, seconds the minute's hash lives
 -- then, in that order: items; ids; item + due time + envelope triples;
 -- dead letters as reason + id + task + worker + time + item; field +
--- increment pairs.
-local i = 7
+-- increment pairs (stats, then rates); latencies.
+local i = 11
 local function take(count, width)
   local first = i
   i = i + count * width
   return first
 end
 local counts = {}
-for k = 1, 5 do counts[k] = tonumber(ARGV[k + 1]) end
+for k = 1, 7 do counts[k] = tonumber(ARGV[k + 1]) end
 local done, ids = take(counts[1], 1), take(counts[2], 1)
 local retries, dead, stats = take(counts[3], 3), take(counts[4], 6), take(counts[5], 2)
+local rates, latencies = take(counts[6], 2), take(counts[7], 1)
+for k = 0, counts[6] - 1 do
+  redis.call('HINCRBY', KEYS[6], ARGV[rates + 2 * k], ARGV[rates + 2 * k + 1])
+end
+if counts[6] > 0 then
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+end
+if counts[7] > 0 then
+  redis.call('LPUSH', KEYS[7], unpack(ARGV, latencies, latencies + counts[7] - 1))
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
+end
 for k = 0, counts[5] - 1 do
   redis.call('HINCRBYFLOAT', KEYS[5], ARGV[stats + 2 * k], ARGV[stats + 2 * k + 1])
 end

@@ -1,6 +1,8 @@
 """Forms of the two trigger pages."""
 
 from django import forms
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _, pgettext_lazy
 
 from tasks.conf import mq_settings
 from tasks.channel.publish import CHANNEL_MAX_LENGTH, check_channel
@@ -13,22 +15,25 @@ class ProdconsForm(forms.Form):
         required=False,
         min_value=0,
         max_value=10**9,
-        help_text="Which dish to cook; leave empty for a random one.",
+        label=_("Number"),
+        help_text=_("Which dish to cook; leave empty for a random one."),
     )
     count = forms.IntegerField(
         min_value=1,
         max_value=MAX_COUNT,
         initial=1,
-        help_text=f"How many tasks to enqueue (1 to {MAX_COUNT}).",
+        label=_("Count"),
+        help_text=format_lazy(_("How many tasks to enqueue (1 to {max})."), max=MAX_COUNT),
     )
 
 
 class PubsubForm(forms.Form):
-    message = forms.CharField(max_length=10_000, widget=forms.Textarea(attrs={"rows": 3}))
+    message = forms.CharField(label=_("Message"), max_length=10_000, widget=forms.Textarea(attrs={"rows": 3}))
     channel = forms.CharField(
         required=False,
         max_length=CHANNEL_MAX_LENGTH,
-        help_text="Leave empty for the default channel.",
+        label=pgettext_lazy("pub/sub", "Channel"),
+        help_text=_("Leave empty for the default channel."),
     )
 
     def __init__(self, *args, choose_channel=True, **kwargs):

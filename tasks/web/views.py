@@ -12,50 +12,36 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import ngettext
+from django.utils.translation import gettext as _, ngettext
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_safe
 
 from tasks.channel import publish as pubsub
 from tasks.conf import mq_settings
+from tasks.models import TaskRecord
 from tasks.web.forms import ProdconsForm, PubsubForm
 from tasks.exceptions import ChannelUnavailable, QueueFull, QueueUnavailable
-from tasks.models import FINAL_STATUSES, TaskRecord
-from tasks.storable import unstorable
+from tasks.web.access import refuse_unless_permitted
 from tasks.web.errors import retry_later
-from tasks.web.status import next_firings, read_snapshot
 from tasks.tasks import cook_dish
 
 # A message names at most this many task ids; the admin lists the rest.
 LINKED_IDS = 10
 FAVICON = Path(__file__).resolve().parent.parent / "static" / "tasks" / "favicon.svg"
 
+# Session keys carrying a POST's outcome to the page after its 303.
+NEW_TASKS, PUBLISHED = "mq_new_tasks", "mq_published"
 # What a user needs to act on each trigger page: adding the row it writes.
 ENQUEUE_PERMISSION = "tasks.add_taskrecord"
 PUBLISH_PERMISSION = "tasks.add_publishedmessage"
-# A task's page shows its arguments and result: who may read the history may read it.
-VIEW_PERMISSION = "tasks.view_taskrecord"
-# Seconds between reloads of an unfinished task's page (no script needed).
-TASK_PAGE_REFRESH = 2
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
     status_code = 303
-
-
-@require_safe
-def index(request):
-    snapshot = read_snapshot()
-    # Without Redis the page still shows the history, which lives in the database.
-    snapshot.raise_if_down(redis=False)
-    context = {"status": snapshot.as_status(), "redis_down": not snapshot.redis_up, "next_firings": next_firings(snapshot.schedules)}
-    return render(request, "index.html", context)
 
 
 @require_safe
@@ -68,9 +54,9 @@ def favicon(request):
 @require_http_methods(["GET", "HEAD", "POST"])
 def prodcons(request):
     if request.method != "POST":
-        context = {"form": ProdconsForm(), "may_act": request.user.has_perm(ENQUEUE_PERMISSION)}
+        context = {"form": ProdconsForm(), "may_act": request.user.has_perm(ENQUEUE_PERMISSION), "new_tasks": _new_tasks(request)}
         return render(request, "prodcons.html", context)
-    if refusal := _refuse_unless_permitted(request, ENQUEUE_PERMISSION):
+    if refusal := refuse_unless_permitted(request, ENQUEUE_PERMISSION):
         return refusal
     form = ProdconsForm(request.POST)
     context = {"form": form, "may_act": True}
@@ -85,7 +71,11 @@ def prodcons(request):
         results = cook_dish.get_backend().enqueue_many(cook_dish, [(args, {})] * count)  # type: ignore[attr-defined]
     except QueueUnavailable as exc:
         return _unavailable(request, "prodcons.html", context, exc)
-    messages.success(request, _enqueued_message([result.id for result in results]))
+    ids = [result.id for result in results]
+    messages.success(request, _enqueued_message(ids))
+    # The page after the redirect lists these with their live status; the
+    # session carries them across the 303, and the next GET forgets them.
+    request.session[NEW_TASKS] = ids[:LINKED_IDS]
     return HttpResponseSeeOther(reverse("tasks:prodcons"))
 
 
@@ -99,9 +89,10 @@ def pubsub_page(request):
             "form": PubsubForm(choose_channel=choose_channel),
             "default_channel": mq_settings.MQ_DEFAULT_CHANNEL,
             "may_act": request.user.has_perm(PUBLISH_PERMISSION),
+            "published": request.session.pop(PUBLISHED, None),
         }
         return render(request, "pubsub.html", context)
-    if refusal := _refuse_unless_permitted(request, PUBLISH_PERMISSION):
+    if refusal := refuse_unless_permitted(request, PUBLISH_PERMISSION):
         return refusal
     form = PubsubForm(request.POST, choose_channel=choose_channel)
     context = {"form": form, "default_channel": mq_settings.MQ_DEFAULT_CHANNEL, "may_act": True}
@@ -121,35 +112,21 @@ def pubsub_page(request):
         "Published to %(channel)s: received by %(n)d listeners.",
         receivers,
     ) % {"channel": channel, "n": receivers}
-    if receivers:
-        messages.success(request, text)
-    else:
+    request.session[PUBLISHED] = {"channel": channel, "receivers": receivers, "text": text}
+    if not receivers:
         # Publish/subscribe keeps nothing: with nobody listening it is gone.
-        messages.warning(request, f"{text} Nobody was listening, so the message is lost; start manage.py listen_channel.")
+        messages.warning(request, _("Nobody was listening, so the message is lost; start manage.py listen_channel."))
     return HttpResponseSeeOther(reverse("tasks:pubsub"))
-
-
-def _refuse_unless_permitted(request, permission):
-    """The response to someone who may not act (or read a task), or None if they may.
-
-    Anonymous users go to the login page and come back here (?next=); a
-    logged-in user without the permission gets 403.
-    """
-    if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(f"{permission} is needed to act on {request.path}")
-    return None
 
 
 def _unavailable(request, template, context, exc):
     if isinstance(exc, QueueFull):
-        reason = "The queue is full right now."
+        reason = _("The queue is full right now.")
     else:
-        reason = "Redis, which carries the queues and channels, is not answering."
+        reason = _("Redis, which carries the queues and channels, is not answering.")
 
     def page(seconds):
-        notice = f"{reason} Nothing was sent. Please try again in {seconds} seconds."
+        notice = _("%(reason)s Nothing was sent. Please try again in %(seconds)s seconds.") % {"reason": reason, "seconds": seconds}
         return render(request, template, {**context, "unavailable": notice})
 
     return retry_later(request, exc, page, "page_refused")
@@ -159,35 +136,24 @@ def _enqueued_message(ids):
     links = format_html_join(
         ", ",
         '<a href="{}">{}</a>',
-        ((reverse("admin:tasks_taskrecord_change", args=[task_id]), task_id) for task_id in ids[:LINKED_IDS]),
+        ((reverse("tasks:task", args=[task_id]), task_id) for task_id in ids[:LINKED_IDS]),
     )
+    task = cook_dish.module_path
+    # The translated sentence is a format_html template: {} are its (escaped) parts.
     if len(ids) == 1:
-        return format_html("Enqueued task {} with id {}.", cook_dish.module_path, links)
+        return format_html(_("Enqueued task {task} with id {links}."), task=task, links=links)
     more = len(ids) - LINKED_IDS
     if more > 0:
-        history = reverse("admin:tasks_taskrecord_changelist") + "?" + urlencode({"task_path": cook_dish.module_path})
+        history = reverse("admin:tasks_taskrecord_changelist") + "?" + urlencode({"task_path": task})
         return format_html(
-            'Enqueued {} {} tasks: {} and <a href="{}">{} more</a>.', len(ids), cook_dish.module_path, links, history, more
+            _('Enqueued {count} {task} tasks: {links} and <a href="{history}">{more} more</a>.'),
+            count=len(ids), task=task, links=links, history=history, more=more,
         )
-    return format_html("Enqueued {} {} tasks: {}.", len(ids), cook_dish.module_path, links)
+    return format_html(_("Enqueued {count} {task} tasks: {links}."), count=len(ids), task=task, links=links)
 
 
-@require_safe
-def task_page(request, task_id):
-    """One task: status (reloading itself until final), progress, attempts
-    with each one's worker and error, timings, result or error."""
-    if refusal := _refuse_unless_permitted(request, VIEW_PERMISSION):
-        return refusal
-    record = None if unstorable(task_id) else TaskRecord.objects.filter(id=task_id).first()
-    if record is None:
-        raise Http404("no such task")
-    final = record.status in FINAL_STATUSES
-    duration = (record.finished_at - record.started_at).total_seconds() if final and record.started_at and record.finished_at else None
-    context = {
-        "task": record,
-        "final": final,
-        "duration": duration,
-        "refresh": None if final else TASK_PAGE_REFRESH,
-        "progress": record.progress,
-    }
-    return render(request, "task.html", context)
+def _new_tasks(request):
+    """The tasks the last POST of this session enqueued, with their status now."""
+    ids = request.session.pop(NEW_TASKS, None) or []
+    rows = {row.id: row for row in TaskRecord.objects.filter(id__in=ids[:LINKED_IDS])}
+    return [rows[task_id] for task_id in ids if task_id in rows]

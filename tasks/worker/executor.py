@@ -115,7 +115,7 @@ class BatchExecutor:
             if self._send_finished and verdict.retry is None:
                 task = registry.get(envelope.task)
                 self._signal(task_finished, task, finished_result(task, envelope, attempt, self.worker_id, verdict.record))
-            ack.add(raw, verdict)
+            ack.add(raw, verdict, envelope.enqueued_at)
             self._count_and_log(queue, envelope, attempt, verdict)
 
         self.db(self.recorder.finish, ack.successes)
@@ -132,6 +132,8 @@ class BatchExecutor:
             ack.dead,
             dead_max=mq_settings.MQ_DEAD_LETTER_MAX,
             stats=ack.stats,
+            rates=ack.rates,
+            latencies=ack.latencies,
         )
         return len(runnable) - len(unrun)
 

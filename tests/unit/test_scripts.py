@@ -251,6 +251,39 @@ def test_ack_adds_up_stats(client, queue):
     assert queue.stats() == {"succeeded": 2.0, "seconds": 0.75}
 
 
+def test_ack_counts_outcomes_per_second_in_an_expiring_hash_and_reads_them_back(client, queue):
+    first, second = taken(queue, 1, 2)
+    queue.ack("w1", [first], rates={"ok": 2, "err": 1})
+    queue.ack("w1", [second], rates={"ok": 3})
+    now = int(time.time())
+    minute_keys = [keys.rates(QUEUE, m) for m in (now - now % 60, now - now % 60 - 60)]
+    assert any(0 < client.ttl(key) <= 420 for key in minute_keys)
+    series = queue.rates(now, window=10)
+    assert len(series["ok"]) == len(series["err"]) == 10
+    assert (sum(series["ok"]), sum(series["err"])) == (5, 1)
+    # Outside the window: nothing, however the seconds fall into minutes.
+    assert queue.rates(now + 3600, window=10) == {"ok": [0] * 10, "err": [0] * 10}
+
+
+def test_rates_ignore_fields_no_worker_writes(client, queue):
+    now = int(time.time())
+    client.hset(keys.rates(QUEUE, now - now % 60), mapping={"junk": 1, f"{now}:other": 4, f"x{now}:ok": 2, f"{now}:ok": 1})
+    assert queue.rates(now, window=5)["ok"] == [0, 0, 0, 0, 1]
+
+
+def test_ack_keeps_the_latest_latencies_newest_first_capped(client, queue, monkeypatch):
+    monkeypatch.setattr("tasks.queue.reliable.LATENCIES_KEPT", 3)
+    first, second = taken(queue, 1, 2)
+    queue.ack("w1", [first], latencies=[1.5, 2.5])
+    queue.ack("w1", [second], latencies=[3.5, 4.5])
+    assert queue.latencies() == [4.5, 3.5, 2.5]
+
+
+def test_latencies_ignore_entries_no_worker_writes(client, queue):
+    client.lpush(keys.latencies(QUEUE), "12.5", "junk", "nan", "inf", "", "7")
+    assert queue.latencies() == [7.0, 12.5]
+
+
 # --- RECOVER (recover_expired, recover_own, release) ------------------------------
 
 
