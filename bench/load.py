@@ -113,12 +113,12 @@ def run_client(port, level, repeat, barrier, offset):
     barrier.wait()
     for i in range(repeat):
         body = json.dumps({"task": "tasks.tasks.add", "args": [offset + i, 1]})
-        answer = level.timed("api", lambda: client.request("POST", "/api/tasks", body, api_headers), 202)
+        answer = level.timed("api", lambda body=body: client.request("POST", "/api/tasks", body, api_headers), 202)
         if answer is not None:
             with level.lock:
                 level.api_ids.append(json.loads(answer)["id"])
         form = f"count=1&number={i}&csrfmiddlewaretoken={client.cookies['csrftoken']}"
-        if level.timed("form", lambda: client.request("POST", "/prodcons", form, form_headers), 303) is not None:
+        if level.timed("form", lambda form=form: client.request("POST", "/prodcons", form, form_headers), 303) is not None:
             with level.lock:
                 level.form_accepted += 1
 

@@ -35,6 +35,7 @@ class LiveSite:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
+        self.logs: list = []
 
     def start(self):
         env = child_env(self.redis_url)
@@ -56,7 +57,7 @@ class LiveSite:
                 [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "mqsite.wsgi"],
                 env=env,
                 cwd=BASE_DIR,
-                stdout=open(self.log_dir / "gunicorn.log", "ab"),
+                stdout=self._log("gunicorn"),
                 stderr=subprocess.STDOUT,
             )
         )
@@ -66,7 +67,7 @@ class LiveSite:
                     [sys.executable, "manage.py", command],
                     env=env,
                     cwd=BASE_DIR,
-                    stdout=open(self.log_dir / f"{command}.log", "ab"),
+                    stdout=self._log(command),
                     stderr=subprocess.STDOUT,
                 )
             )
@@ -74,6 +75,11 @@ class LiveSite:
         if died := self._died():
             raise RuntimeError(f"{died} exited early; see {self.log_dir}")
         return self
+
+    def _log(self, name):
+        handle = (self.log_dir / f"{name}.log").open("ab")
+        self.logs.append(handle)
+        return handle
 
     def _died(self):
         for process in self.processes:
@@ -84,6 +90,7 @@ class LiveSite:
     def stop(self):
         for process in reversed(self.processes):
             stop(process)
-            if process.stdout:
-                process.stdout.close()
+        for handle in self.logs:
+            handle.close()
         self.processes.clear()
+        self.logs.clear()
