@@ -88,8 +88,10 @@ class Tab:
         self.page.goto("/accounts/login/")
         self.page.fill("#id_username", username)
         self.page.fill("#id_password", PASSWORD)
-        self.page.click("button[type=submit]")
+        # Scoped: every page also has the language switcher's submit button.
+        self.page.click("form:has(#id_username) button[type=submit]")
         self.page.wait_for_load_state()
+        assert "/accounts/login/" not in self.page.url, "logging in failed"
         return self
 
     def close(self):
@@ -111,11 +113,12 @@ def staff():
 
 
 def test_enqueue_then_watch_the_task_succeed_on_its_page_without_a_reload(tab, staff):
-    # A task the worker runs first keeps ours waiting, so its page opens
-    # before the outcome and must change by itself.
-    sleep_for.enqueue(3.0)
     page = tab.log_in(staff).page
     page.goto("/prodcons")
+    # The (only) worker busy with another task keeps ours waiting, so its
+    # page opens before the outcome and must change by itself.
+    blocker = sleep_for.enqueue(6.0).id
+    wait_for(lambda: TaskRecord.objects.filter(id=blocker, status=TaskStatus.RUNNING).exists(), message="the blocker to run")
     page.click("form[action='/prodcons'] button[type=submit]")
     item = page.locator("#new-tasks li[data-task-id]")
     assert item.count() == 1
