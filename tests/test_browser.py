@@ -59,9 +59,10 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(browser, django_db_setup, django_db_blocker, redis_server, tmp_path_factory):
-    """One running site for the whole session (gunicorn starts in seconds)."""
+    """One running site for this module's tests. Never longer: its worker
+    would take the tasks of later tests from the suite's shared Redis."""
     with django_db_blocker.unblock():
         live = LiveSite(redis_server.url, tmp_path_factory.mktemp("live-site")).start()
     client = redis_server.client()
