@@ -12,6 +12,10 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
 
 # gunicorn's rule of thumb, two per core plus one, capped: each worker holds a
 # database connection (CONN_MAX_AGE) and SQLite serialises writers anyway.
+# The default sync class: a request is mostly CPU in Django (a profile of
+# POST /api/tasks) plus one Redis push and one INSERT, so threads (gthread)
+# would mostly take turns on the GIL. bench/web.py measures any other choice
+# side by side (GUNICORN_WORKERS, GUNICORN_MAX_REQUESTS).
 workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * (os.cpu_count() or 1) + 1, 8)))
 
 # Every view answers in milliseconds (an enqueue is one Redis push and one
@@ -20,10 +24,17 @@ timeout = 30
 # Matches TimeoutStopSec=45 in the unit: in-flight requests get 30 s to finish
 # on stop or reload before systemd's SIGKILL.
 graceful_timeout = 30
-# Recycle workers now and then so a slow leak never grows unbounded; the
-# jitter keeps them from all restarting at the same moment.
-max_requests = 1000
-max_requests_jitter = 100
+# Recycling: each restart is a Django start-up (3.5-5.6 s on the 2-vCPU
+# development VM under load, measured by importing mqsite.wsgi and serving
+# one request) taken out of that worker's capacity, with requests queued
+# behind it. At the issue's 1,000 req/s over 4 workers, max_requests = 1000
+# restarted every worker every ~4 s (1,100 vs 830 req/s and a 2x p99 with it
+# off, issue 14). 50,000 bounds a slow leak just as well (one restart per
+# worker every few minutes at full load, hours at ordinary load) and costs
+# under 1%. The jitter (10%) keeps the workers from restarting together.
+# GUNICORN_MAX_REQUESTS overrides it; 0 turns recycling off.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS") or 50_000)
+max_requests_jitter = max_requests // 10
 
 # The worker heartbeat file is fchmod()ed constantly; on a disk-backed /tmp
 # that can block a worker (gunicorn's FAQ), /dev/shm is memory.
