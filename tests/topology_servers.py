@@ -187,6 +187,28 @@ class SentinelDeployment:
     def failover(self):
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
 
+    def empty_and_settled(self):
+        """Empty the master, and return once the other data node replicates
+        it, emptied too. After a forced failover the demoted master is
+        reconfigured as a replica only when the sentinels get to it: until
+        then it keeps its old data, and promoted by the next failover it
+        would bring back an earlier test's items."""
+        host, port = self.master_address().split(":")
+        master = self.node_at(f"{host}:{port}")
+        replica = self.replica if master is self.master else self.master
+        master.client().flushall()
+
+        def synced():
+            info = replica.client().info("replication")
+            return (
+                info.get("role") == "slave"
+                and f"{info.get('master_host')}:{info.get('master_port')}" == master.address
+                and info.get("master_link_status") == "up"
+                and replica.client().dbsize() == 0
+            )
+
+        wait_until(synced, 30, f"{replica.address} to replicate the emptied master {master.address}")
+
     def stop(self):
         for node in [*self.sentinels, self.replica, self.master]:
             node.stop()
