@@ -66,7 +66,8 @@ def main():
             except (FileNotFoundError, RuntimeError):
                 break
             done = args.n - client.llen(QUEUE_KEY)
-            samples.append((time.monotonic() - started, done, rss))
+            if rss:  # 0 while the child is still being exec'd
+                samples.append((time.monotonic() - started, done, rss))
             time.sleep(args.every)
         worker.wait()
         if worker.returncode:
