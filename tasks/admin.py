@@ -7,7 +7,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
-from django.utils.translation import ngettext
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from tasks import registry
 from tasks.admin_filters import EnqueuedFilter, QueueFilter, TaskPathFilter
@@ -72,14 +73,14 @@ class PublishedMessageAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(receipt_count=Count("receipts"))
 
-    @admin.display(description="payload")
+    @admin.display(description=_("payload"))
     def payload_preview(self, obj):
         return _preview(obj.payload)
 
-    @admin.display(description="receipts", ordering="receipt_count")
+    @admin.display(description=_("receipts"), ordering="receipt_count")
     def receipts_link(self, obj):
         url = reverse("admin:tasks_receivedmessage_changelist") + f"?published__id__exact={obj.pk}"
-        return format_html('<a href="{}">{} recorded</a>', url, obj.receipt_count)
+        return format_html('<a href="{}">{}</a>', url, gettext("%(count)d recorded") % {"count": obj.receipt_count})
 
 
 @admin.register(ReceivedMessage)
@@ -90,11 +91,11 @@ class ReceivedMessageAdmin(ReadOnlyAdmin):
     date_hierarchy = "received_at"
     exclude = ["digest"]
 
-    @admin.display(description="payload")
+    @admin.display(description=_("payload"))
     def payload_preview(self, obj):
         return _preview(obj.payload)
 
-    @admin.display(description="publish")
+    @admin.display(description=_("publish"))
     def published_link(self, obj):
         if obj.published_id is None:
             return "-"
@@ -119,11 +120,11 @@ class PriorityFilter(admin.SimpleListFilter):
     """Fixed choices: the field's own filter would read every distinct value,
     a scan of the whole history on each changelist."""
 
-    title = "priority"
+    title = _("priority")
     parameter_name = "priority"
 
     def lookups(self, request, model_admin):
-        return [("above", "above 0"), ("zero", "0"), ("below", "below 0")]
+        return [("above", _("above 0")), ("zero", "0"), ("below", _("below 0"))]
 
     def queryset(self, request, queryset):
         lookup = {"above": {"priority__gt": 0}, "zero": {"priority": 0}, "below": {"priority__lt": 0}}.get(self.value() or "")
@@ -133,11 +134,11 @@ class PriorityFilter(admin.SimpleListFilter):
 class DelayedFilter(admin.SimpleListFilter):
     """Tasks waiting for their run_after or their next retry."""
 
-    title = "delayed until"
+    title = _("delayed until")
     parameter_name = "delayed"
 
     def lookups(self, request, model_admin):
-        return [("later", "still delayed"), ("due", "due, not yet run")]
+        return [("later", _("still delayed")), ("due", _("due, not yet run"))]
 
     def queryset(self, request, queryset):
         now = timezone.now()
@@ -160,13 +161,13 @@ class TaskRecordAdmin(ReadOnlyAdmin):
     # with a scan of the whole table (tasks/admin_filters.py).
     list_filter = ["status", QueueFilter, TaskPathFilter, EnqueuedFilter, PriorityFilter, DelayedFilter]
     search_fields = ["id", "task_path", "error"]  # draws the box; get_search_results searches
-    search_help_text = "A task id or its beginning, part of a task path, or words of an error message."
+    search_help_text = _("A task id or its beginning, part of a task path, or words of an error message.")
     actions = ["requeue_tasks", "cancel_tasks", "purge_dead_letters"]
     fieldsets = [
         (None, {"fields": ["id", "task_path", "queue", "backend", "status", "task_progress", "cancel_requested", "priority", "attempts", "worker"]}),
-        ("Times", {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
-        ("Call", {"fields": ["call_args", "call_kwargs"]}),
-        ("Outcome", {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
+        (_("Times"), {"fields": ["enqueued_at", "run_after", "started_at", "finished_at"]}),
+        (_("Call"), {"fields": ["call_args", "call_kwargs"]}),
+        (_("Outcome"), {"fields": ["outcome_result", "latest_error", "attempt_errors"]}),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
 
@@ -183,29 +184,29 @@ class TaskRecordAdmin(ReadOnlyAdmin):
     def has_operate_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
-    @admin.display(description="id", ordering="id")
+    @admin.display(description=_("id"), ordering="id")
     def short_id(self, record):
         return format_html('<span title="{}">{}…</span>', record.id, record.id[:SHORT_ID])
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=_("status"), ordering="status")
     def status_badge(self, record):
         return format_html('<span class="mq-status mq-status-{}">{}</span>', record.status.lower(), record.get_status_display())
 
-    @admin.display(description="duration")
+    @admin.display(description=_("duration"))
     def duration(self, record):
         if not (record.started_at and record.finished_at):
             return "-"
         return f"{(record.finished_at - record.started_at).total_seconds():.3f} s"
 
-    @admin.display(description="delayed until", ordering="run_after")
+    @admin.display(description=_("delayed until"), ordering="run_after")
     def run_after_s(self, record):
         return _seconds(record.run_after)
 
-    @admin.display(description="finished", ordering="finished_at")
+    @admin.display(description=_("finished"), ordering="finished_at")
     def finished(self, record):
         return _seconds(record.finished_at)
 
-    @admin.display(description="progress")
+    @admin.display(description=_("progress"))
     def task_progress(self, record):
         progress = record.progress
         if not progress:
@@ -214,36 +215,36 @@ class TaskRecordAdmin(ReadOnlyAdmin):
         amount = f"{done}" if total is None else f"{done}/{total}"
         return f"{amount} {progress.get('text', '')}".strip()
 
-    @admin.display(description="args")
+    @admin.display(description=_("args"))
     def call_args(self, record):
         return _pretty_json(record.args)
 
-    @admin.display(description="kwargs")
+    @admin.display(description=_("kwargs"))
     def call_kwargs(self, record):
         return _pretty_json(record.kwargs)
 
-    @admin.display(description="result")
+    @admin.display(description=_("result"))
     def outcome_result(self, record):
         return _pretty_json(record.result)
 
-    @admin.display(description="latest error")
+    @admin.display(description=_("latest error"))
     def latest_error(self, record):
         return format_html(PRE, record.error) if record.error else "-"
 
-    @admin.display(description="every failed attempt")
+    @admin.display(description=_("every failed attempt"))
     def attempt_errors(self, record):
         if not record.errors:
             return "-"
         return format_html_join(
             "",
-            "<p><strong>attempt {} · {} · {}</strong><br>{}</p>" + PRE,
+            "<p><strong>" + gettext("attempt {} · {} · {}") + "</strong><br>{}</p>" + PRE,
             (
                 (e.get("attempt", "?"), e.get("worker", "?"), e.get("at", "?"), e.get("exception", ""), e.get("traceback", ""))
                 for e in record.errors
             ),
         )
 
-    @admin.action(description="Re-enqueue selected failed/dead tasks (same id)", permissions=["operate"])
+    @admin.action(description=_("Re-enqueue selected failed/dead tasks (same id)"), permissions=["operate"])
     def requeue_tasks(self, request, queryset):
         done, skipped = 0, queryset.exclude(status__in=REQUEUEABLE).count()
         for record in list(queryset.filter(status__in=REQUEUEABLE)):
@@ -253,7 +254,8 @@ class TaskRecordAdmin(ReadOnlyAdmin):
                 else:  # its task is no longer registered, or another admin was faster
                     skipped += 1
             except QueueUnavailable as exc:
-                self.message_user(request, f"Redis refused the task ({exc}); {done} re-enqueued before that.", messages.ERROR)
+                text = gettext("Redis refused the task (%(error)s); %(done)d re-enqueued before that.") % {"error": exc, "done": done}
+                self.message_user(request, text, messages.ERROR)
                 return
         if done:
             self.message_user(request, ngettext("Re-enqueued %d task.", "Re-enqueued %d tasks.", done) % done, messages.SUCCESS)
@@ -265,7 +267,7 @@ class TaskRecordAdmin(ReadOnlyAdmin):
             )
             self.message_user(request, text % skipped, messages.WARNING)
 
-    @admin.action(description="Cancel selected ready, delayed or running tasks", permissions=["operate"])
+    @admin.action(description=_("Cancel selected ready, delayed or running tasks"), permissions=["operate"])
     def cancel_tasks(self, request, queryset):
         cancelled, asked, finished = 0, 0, queryset.exclude(status__in=OPEN_STATUSES).count()
         for task_id in list(queryset.filter(status__in=OPEN_STATUSES).values_list("id", flat=True)):
@@ -280,19 +282,21 @@ class TaskRecordAdmin(ReadOnlyAdmin):
                 asked += 1
         self.message_user(
             request,
-            f"Cancelled {cancelled} task(s); asked {asked} running task(s) to stop; skipped {finished} finished task(s).",
+            gettext("Cancelled %(cancelled)d task(s); asked %(asked)d running task(s) to stop; skipped %(finished)d finished task(s).")
+            % {"cancelled": cancelled, "asked": asked, "finished": finished},
             messages.WARNING if finished else messages.SUCCESS,
         )
 
-    @admin.action(description="Purge the dead-letter lists of the selected tasks' queues", permissions=["operate"])
+    @admin.action(description=_("Purge the dead-letter lists of the selected tasks' queues"), permissions=["operate"])
     def purge_dead_letters(self, request, queryset):
         names = sorted(set(queryset.values_list("queue", flat=True)))
         try:
             purge_dead_letters(names)
         except QueueUnavailable as exc:
-            self.message_user(request, f"Redis did not answer ({exc}); nothing more was purged.", messages.ERROR)
+            self.message_user(request, gettext("Redis did not answer (%(error)s); nothing more was purged.") % {"error": exc}, messages.ERROR)
             return
-        self.message_user(request, f"Purged the dead-letter list of queue(s): {', '.join(names)}.", messages.SUCCESS)
+        text = gettext("Purged the dead-letter list of queue(s): %(queues)s.") % {"queues": ", ".join(names)}
+        self.message_user(request, text, messages.SUCCESS)
 
 
 # The Schedules page registers itself.

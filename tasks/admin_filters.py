@@ -11,13 +11,14 @@ from datetime import timedelta
 
 from django.contrib import admin
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from tasks import registry
 from tasks.conf import mq_settings
 
 
 class TaskPathFilter(admin.SimpleListFilter):
-    title = "task"
+    title = _("task")
     parameter_name = "task_path__exact"
 
     def lookups(self, request, model_admin):
@@ -28,7 +29,7 @@ class TaskPathFilter(admin.SimpleListFilter):
 
 
 class QueueFilter(admin.SimpleListFilter):
-    title = "queue"
+    title = _("queue")
     parameter_name = "queue__exact"
 
     def lookups(self, request, model_admin):
@@ -43,17 +44,17 @@ class QueueFilter(admin.SimpleListFilter):
 class EnqueuedFilter(admin.SimpleListFilter):
     """By age, in place of date_hierarchy (whose links cost a DISTINCT scan)."""
 
-    title = "enqueued"
+    title = _("enqueued")
     parameter_name = "enqueued"
     AGES = {
-        "hour": ("Past hour", timedelta(hours=1)),
-        "day": ("Past 24 hours", timedelta(days=1)),
-        "week": ("Past 7 days", timedelta(days=7)),
-        "older": ("Older than 30 days", timedelta(days=30)),
+        "hour": (_("Past hour"), timedelta(hours=1)),
+        "day": (_("Past 24 hours"), timedelta(days=1)),
+        "week": (_("Past 7 days"), timedelta(days=7)),
+        "older": (_("Older than 30 days"), timedelta(days=30)),
     }
 
     def lookups(self, request, model_admin):
-        return [(key, label) for key, (label, _) in self.AGES.items()]
+        return [(key, label) for key, (label, _age) in self.AGES.items()]
 
     def queryset(self, request, queryset):
         value = self.value()

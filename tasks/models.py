@@ -9,7 +9,7 @@ its raw SQL, in tasks/queue/recorder.py.
 
 from django.db import connections, models, router, transaction
 from django.utils import timezone
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
 from tasks.exceptions import TaskAlreadyFinished
@@ -17,16 +17,16 @@ from tasks.paginator import ESTIMATE_ABOVE, planner_estimate
 
 
 class TaskStatus(models.TextChoices):
-    READY = "READY", gettext_lazy("Ready")
-    RUNNING = "RUNNING", gettext_lazy("Running")
-    SUCCESSFUL = "SUCCESSFUL", gettext_lazy("Successful")
-    FAILED = "FAILED", gettext_lazy("Failed")
+    READY = "READY", _("Ready")
+    RUNNING = "RUNNING", _("Running")
+    SUCCESSFUL = "SUCCESSFUL", _("Successful")
+    FAILED = "FAILED", _("Failed")
     # Never completed: a bad message, an unknown task, or a task that kept
     # killing its workers. Reported as FAILED through the Tasks API.
-    DEAD = "DEAD", gettext_lazy("Dead")
+    DEAD = "DEAD", _("Dead")
     # Cancelled before it ran, or stopped on request while it ran. Reported
     # as FAILED through the Tasks API.
-    CANCELLED = "CANCELLED", gettext_lazy("Cancelled")
+    CANCELLED = "CANCELLED", _("Cancelled")
 
 
 FINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
@@ -138,7 +138,7 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         Returns the row's status after the call (CANCELLED or RUNNING); raises
         TaskRecord.DoesNotExist, or TaskAlreadyFinished for a final row.
         """
-        for _ in range(5):  # a row moving READY -> RUNNING -> READY meanwhile: read again
+        for _attempt in range(5):  # a row moving READY -> RUNNING -> READY meanwhile: read again
             if self.filter(id=task_id, status=TaskStatus.READY).update(
                 status=TaskStatus.CANCELLED, cancel_requested=True, finished_at=now
             ):
@@ -247,38 +247,43 @@ class TaskRecord(models.Model):
 
     objects = TaskRecordQuerySet.as_manager()
 
-    id = models.CharField(primary_key=True, max_length=64)
+    id = models.CharField(_("id"), primary_key=True, max_length=64)
     # Not indexed: each index is rewritten on every status change, and on
     # PostgreSQL a CharField index comes with a second "_like" one.
-    task_path = models.CharField("task", max_length=255)
-    queue = models.CharField(max_length=100, default="default")
-    backend = models.CharField(max_length=100, default="default")
-    args = models.JSONField(default=list, blank=True)
-    kwargs = models.JSONField(default=dict, blank=True)
+    task_path = models.CharField(_("task"), max_length=255)
+    queue = models.CharField(_("queue"), max_length=100, default="default")
+    backend = models.CharField(_("backend"), max_length=100, default="default")
+    args = models.JSONField(_("args"), default=list, blank=True)
+    kwargs = models.JSONField(_("kwargs"), default=dict, blank=True)
     # No index of its own: "task_open_by_queue" starts with status.
-    status = models.CharField(max_length=10, choices=TaskStatus.choices, default=TaskStatus.READY)
-    attempts = models.PositiveIntegerField(default=0, help_text="Runs started, crashed runs included.")
-    worker = models.CharField(max_length=100, blank=True, help_text="Worker of the latest attempt.")
+    status = models.CharField(_("status"), max_length=10, choices=TaskStatus.choices, default=TaskStatus.READY)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0, help_text=_("Runs started, crashed runs included."))
+    worker = models.CharField(_("worker"), max_length=100, blank=True, help_text=_("Worker of the latest attempt."))
     # Indexed with id ("task_by_enqueued" below).
-    enqueued_at = models.DateTimeField()
+    enqueued_at = models.DateTimeField(_("enqueued at"))
     # Due time of a delayed task: run_after at enqueue, or the next retry.
-    run_after = models.DateTimeField("delayed until", null=True, blank=True)
+    run_after = models.DateTimeField(_("delayed until"), null=True, blank=True)
     # Higher is taken first within a queue (-100..100, the Tasks API's range).
-    priority = models.SmallIntegerField(default=0)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    result = models.JSONField(null=True, blank=True)
-    error = models.TextField(blank=True, help_text="The latest error, with its traceback.")
-    errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
+    priority = models.SmallIntegerField(_("priority"), default=0)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, help_text=_("The latest error, with its traceback."))
+    errors = models.JSONField(_("errors"), default=list, blank=True, help_text=_("Every failed attempt, oldest first."))
     # A unique task's key (see tasks/queue/uniqueness.py): no two open rows share one.
-    unique_key = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    unique_key = models.CharField(_("unique key"), max_length=64, null=True, blank=True, editable=False)
     # {"done", "total", "text"}, the latest a running task reported.
-    progress = models.JSONField(null=True, blank=True)
+    progress = models.JSONField(_("progress"), null=True, blank=True)
     cancel_requested = models.BooleanField(
-        default=False, db_default=False, help_text="A cancel was asked for; a running task is told through its context."
+        _("cancel requested"),
+        default=False,
+        db_default=False,
+        help_text=_("A cancel was asked for; a running task is told through its context."),
     )
 
     class Meta:
+        verbose_name = _("task record")
+        verbose_name_plural = _("task records")
         ordering = ["-enqueued_at"]
         indexes = [
             models.Index(fields=["status", "queue", "enqueued_at"], name="task_open_by_queue"),
@@ -370,14 +375,18 @@ class PublishedMessage(models.Model):
     got the message at that instant, not a promise that anyone handled it.
     """
 
-    channel = models.CharField(max_length=255, db_index=True)
-    payload = models.TextField(help_text="Exactly the text sent to Redis.")
-    digest = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the payload, to find its receipts.")
-    published_at = models.DateTimeField(db_index=True)
-    receivers = models.PositiveIntegerField(default=0, help_text="Subscriptions Redis delivered the message to.")
-    publisher = models.CharField(max_length=150, blank=True, help_text='Who published: "user:<name>", "api:<token name>", "command".')
+    channel = models.CharField(_("channel"), max_length=255, db_index=True)
+    payload = models.TextField(_("payload"), help_text=_("Exactly the text sent to Redis."))
+    digest = models.CharField(_("digest"), max_length=64, editable=False, help_text=_("SHA-256 of the payload, to find its receipts."))
+    published_at = models.DateTimeField(_("published at"), db_index=True)
+    receivers = models.PositiveIntegerField(_("receivers"), default=0, help_text=_("Subscriptions Redis delivered the message to."))
+    publisher = models.CharField(
+        _("publisher"), max_length=150, blank=True, help_text=_('Who published: "user:<name>", "api:<token name>", "command".')
+    )
 
     class Meta:
+        verbose_name = _("published message")
+        verbose_name_plural = _("published messages")
         ordering = ["-published_at", "-id"]
         indexes = [models.Index(fields=["channel", "digest", "published_at"], name="published_by_digest")]
 
@@ -397,27 +406,30 @@ class ReceivedMessage(models.Model):
     adding anything to the message on the wire.
     """
 
-    listener = models.CharField(max_length=100, db_index=True)
-    channel = models.CharField(max_length=255, db_index=True)
-    pattern = models.CharField(max_length=255, blank=True, help_text="The pattern subscription that matched, if any.")
-    payload = models.TextField(help_text="The message as text (invalid UTF-8 bytes backslash-escaped).")
-    digest = models.CharField(max_length=64, editable=False)
-    is_json = models.BooleanField(default=False, help_text="Whether the payload parsed as JSON.")
-    data = models.JSONField(null=True, blank=True, help_text="The parsed payload, when it is JSON.")
-    received_at = models.DateTimeField(db_index=True)
-    handler = models.CharField(max_length=255, blank=True)
-    ok = models.BooleanField("handled", default=True, db_index=True)
-    error = models.TextField(blank=True, help_text="Why handling failed, with the traceback.")
+    listener = models.CharField(_("listener"), max_length=100, db_index=True)
+    channel = models.CharField(_("channel"), max_length=255, db_index=True)
+    pattern = models.CharField(_("pattern"), max_length=255, blank=True, help_text=_("The pattern subscription that matched, if any."))
+    payload = models.TextField(_("payload"), help_text=_("The message as text (invalid UTF-8 bytes backslash-escaped)."))
+    digest = models.CharField(_("digest"), max_length=64, editable=False)
+    is_json = models.BooleanField(_("is json"), default=False, help_text=_("Whether the payload parsed as JSON."))
+    data = models.JSONField(_("data"), null=True, blank=True, help_text=_("The parsed payload, when it is JSON."))
+    received_at = models.DateTimeField(_("received at"), db_index=True)
+    handler = models.CharField(_("handler"), max_length=255, blank=True)
+    ok = models.BooleanField(_("handled"), default=True, db_index=True)
+    error = models.TextField(_("error"), blank=True, help_text=_("Why handling failed, with the traceback."))
     published = models.ForeignKey(
         PublishedMessage,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="receipts",
-        help_text="The publish this receipt belongs to, when mqsite published it.",
+        verbose_name=_("published"),
+        help_text=_("The publish this receipt belongs to, when mqsite published it."),
     )
 
     class Meta:
+        verbose_name = _("received message")
+        verbose_name_plural = _("received messages")
         ordering = ["-received_at", "-id"]
         indexes = [models.Index(fields=["channel", "digest", "received_at"], name="received_by_digest")]
 

@@ -122,3 +122,130 @@ def test_ages_read_in_each_language_and_the_script_gets_the_same_wording(staff_c
         page = staff_client.get("/tasks/i18n-task", HTTP_ACCEPT_LANGUAGE=language).content.decode()
         assert re.search(r'<time datetime="[^"]+" title="[^"]+">' + re.escape(format_).replace("%\\(n\\)s", r"\d+"), page), language
         assert f'data-ago-s-ago="{format_}"' in page
+
+
+# --- the admin's own words: model and field names, columns, filters, actions -----
+# What the task history's changelist and a task's page show, as each language says it.
+ADMIN = {
+    "en": {
+        "model": "task record",
+        "columns": ["Id", "Status", "Task", "Queue", "Priority", "Attempts", "Progress", "Duration", "Delayed until", "Finished"],
+        "filters": ["status", "queue", "task", "enqueued", "priority", "delayed until"],
+        "choices": ["Past hour", "Older than 30 days", "above 0", "still delayed"],
+        "action": "Re-enqueue selected failed/dead tasks (same id)",
+        "labels": ["Enqueued at:", "Cancel requested:", "Latest error:", "Every failed attempt:"],
+        "sections": ["Times", "Call", "Outcome"],
+        "help": "Runs started, crashed runs included.",
+        "status": "Successful",
+        "index": ["Task records", "Published messages", "Received messages", "Schedules"],
+    },
+    "ko": {
+        "model": "작업 기록",
+        "columns": ["ID", "상태", "작업", "큐", "우선순위", "시도 횟수", "진행률", "소요 시간", "지연 종료", "완료"],
+        "filters": ["상태", "큐", "작업", "큐에 넣음", "우선순위", "지연 종료"],
+        "choices": ["지난 1시간", "30일보다 오래됨", "0보다 큼", "아직 지연됨"],
+        "action": "선택한 실패/죽은 작업을 다시 큐에 넣기 (같은 ID)",
+        "labels": ["큐에 넣은 시각:", "취소 요청됨:", "최근 오류:", "실패한 모든 시도:"],
+        "sections": ["시각", "호출", "결과"],
+        "help": "시작된 실행 횟수 (비정상 종료된 실행 포함).",
+        "status": "성공",
+        "index": ["작업 기록", "발행된 메시지", "수신된 메시지", "일정"],
+    },
+    "zh-hans": {
+        "model": "任务记录",
+        "columns": ["ID", "状态", "任务", "队列", "优先级", "尝试次数", "进度", "耗时", "延迟至", "完成"],
+        "filters": ["状态", "队列", "任务", "入队时间", "优先级", "延迟至"],
+        "choices": ["过去一小时", "30 天以前", "大于 0", "仍在延迟"],
+        "action": "将所选失败/死亡任务重新入队（相同 ID）",
+        "labels": ["入队时间:", "已请求取消:", "最近的错误:", "每次失败的尝试:"],
+        "sections": ["时间", "调用", "结果"],
+        "help": "已开始的运行次数（包括崩溃的运行）。",
+        "status": "成功",
+        "index": ["任务记录", "已发布消息", "已接收消息", "计划"],
+    },
+}
+COLUMN = re.compile(r'<th scope="col" class="[^"]*column-\w+">\s*<div class="text">(?:<a [^>]*>|<span>)([^<]*)<')
+FILTER = re.compile(r'<details data-filter-title="([^"]*)"')
+HEADING = re.compile(r"<h1>([^<]*)</h1>")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_task_history_changelist_speaks_the_browsers_language(staff_client, language):
+    words = ADMIN[language]
+    page = staff_client.get("/admin/tasks/taskrecord/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert words["model"] in HEADING.search(page).group(1)
+    assert COLUMN.findall(page) == words["columns"]
+    assert FILTER.findall(page) == words["filters"]
+    for text in [*words["choices"], words["action"], words["status"]]:
+        assert f">{text}<" in page, text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_tasks_admin_page_speaks_the_browsers_language(staff_client, language):
+    words = ADMIN[language]
+    page = staff_client.get("/admin/tasks/taskrecord/i18n-task/change/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert words["model"] in HEADING.search(page).group(1)
+    for label in words["labels"]:
+        assert f"<label>{label}</label>" in page, label
+    for section in words["sections"]:
+        assert re.search(rf"<(h2|legend)[^>]*>{re.escape(section)}</(h2|legend)>", page), section
+    assert f"<div>{words['help']}</div>" in page
+    assert f'<div class="readonly">{words["status"]}</div>' in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_admin_index_names_every_model_in_the_browsers_language(staff_client, language):
+    page = staff_client.get("/admin/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    for name in ADMIN[language]["index"]:
+        assert f">{name}</a>" in page, name
+
+
+# Words a catalog keeps as they are: a cron expression is a cron expression, and
+# the Chinese catalog's pages (index, task) already say "worker" as the term.
+KEPT_AS_IS = {"ko": {"cron"}, "zh-hans": {"cron", "worker"}}
+
+
+def _admin_words():
+    """Every word of our models the admin shows, and each column, filter and
+    action of our admins: (where, lazy text) pairs."""
+    from django.apps import apps
+    from django.contrib import admin
+    from django.contrib.admin.utils import label_for_field
+
+    for model in apps.get_app_config("tasks").get_models():
+        yield f"{model.__name__} name", model._meta.verbose_name
+        yield f"{model.__name__} plural", model._meta.verbose_name_plural
+        for field in model._meta.get_fields():
+            if field.auto_created or not field.concrete:
+                continue
+            yield f"{model.__name__}.{field.name}", field.verbose_name
+            if field.help_text:
+                yield f"{model.__name__}.{field.name} help", field.help_text
+        model_admin = admin.site._registry.get(model)
+        if model_admin is None:
+            continue
+        for name in model_admin.list_display:
+            yield f"{model.__name__} column {name}", lambda n=name, m=model, a=model_admin: label_for_field(n, m, a)
+        for list_filter in model_admin.list_filter:
+            if isinstance(list_filter, type):
+                yield f"{model.__name__} filter {list_filter.__name__}", list_filter.title
+        for action in model_admin.actions:
+            yield f"{model.__name__} action {action}", getattr(model_admin, action).short_description
+
+
+@pytest.mark.no_redis
+@pytest.mark.parametrize("language", ["ko", "zh-hans"])
+def test_no_word_of_our_admin_is_left_in_english(language):
+    from django.utils import translation
+
+    for where, text in _admin_words():
+        read = text if callable(text) else (lambda t=text: str(t))
+        with translation.override("en"):
+            english = str(read())
+        with translation.override(language):
+            translated = str(read())
+        if english not in KEPT_AS_IS[language]:
+            assert translated != english, f"{where}: {english!r} is not translated"

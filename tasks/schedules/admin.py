@@ -11,7 +11,8 @@ the schedule model.
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext, ngettext
 
 from tasks.models import TaskRecord
 from tasks.schedules.models import ScheduleState
@@ -48,44 +49,44 @@ class ScheduleStateAdmin(admin.ModelAdmin):
     def _schedule(self, state):
         return declared().get(state.name)
 
-    @admin.display(description="task")
+    @admin.display(description=_("task"))
     def task(self, state):
         schedule = self._schedule(state)
-        return schedule.task if schedule else "(no longer declared)"
+        return schedule.task if schedule else gettext("(no longer declared)")
 
-    @admin.display(description="cron")
+    @admin.display(description=_("cron"))
     def cron(self, state):
         schedule = self._schedule(state)
         return schedule.cron if schedule else "-"
 
-    @admin.display(description="catch up")
+    @admin.display(description=_("catch up"))
     def catch_up(self, state):
         schedule = self._schedule(state)
         return schedule.catch_up if schedule else "-"
 
-    @admin.display(description="last run")
+    @admin.display(description=_("last run"))
     def last_run(self, state):
         schedule = self._schedule(state)
         return (schedule.tick_of(state.last_task_id) if schedule else None) or "-"
 
-    @admin.display(description="outcome")
+    @admin.display(description=_("outcome"))
     def last_outcome(self, state):
         status = getattr(state, "last_status", None)
         if status is None and state.last_task_id:
             status = TaskRecord.objects.filter(id=state.last_task_id).values_list("status", flat=True).first()
         return status or "-"
 
-    @admin.display(description="next run")
+    @admin.display(description=_("next run"))
     def next_run(self, state):
         schedule = self._schedule(state)
         return (next_run(schedule, state.paused, timezone.now()) if schedule else None) or "-"
 
-    @admin.action(description="Pause the selected schedules (on every host)", permissions=["operate"])
+    @admin.action(description=_("Pause the selected schedules (on every host)"), permissions=["operate"])
     def pause_schedules(self, request, queryset):
         count = queryset.pause()
         self.message_user(request, ngettext("Paused %d schedule.", "Paused %d schedules.", count) % count, messages.SUCCESS)
 
-    @admin.action(description="Resume the selected schedules (from now: paused ticks are not caught up)", permissions=["operate"])
+    @admin.action(description=_("Resume the selected schedules (from now: paused ticks are not caught up)"), permissions=["operate"])
     def resume_schedules(self, request, queryset):
         count = queryset.resume(timezone.now())
         self.message_user(request, ngettext("Resumed %d schedule.", "Resumed %d schedules.", count) % count, messages.SUCCESS)

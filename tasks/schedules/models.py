@@ -8,6 +8,7 @@ key refuses a second one (tasks.worker.scheduler).
 """
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class ScheduleStateQuerySet(models.QuerySet):
@@ -34,18 +35,19 @@ class ScheduleStateQuerySet(models.QuerySet):
 
 
 class ScheduleState(models.Model):
-    name = models.CharField(primary_key=True, max_length=100)
-    paused = models.BooleanField(default=False, help_text="A paused schedule fires nothing, on any host.")
+    name = models.CharField(_("name"), primary_key=True, max_length=100)
+    paused = models.BooleanField(_("paused"), default=False, help_text=_("A paused schedule fires nothing, on any host."))
     last_tick_at = models.DateTimeField(
-        null=True, blank=True, help_text="The newest tick handled (fired, or skipped by catch_up)."
+        _("last tick at"), null=True, blank=True, help_text=_("The newest tick handled (fired, or skipped by catch_up).")
     )
-    last_task_id = models.CharField(max_length=64, blank=True, help_text="The task of the newest tick fired.")
+    last_task_id = models.CharField(_("last task id"), max_length=64, blank=True, help_text=_("The task of the newest tick fired."))
 
     objects = ScheduleStateQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
-        verbose_name = "schedule"
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
 
     def __str__(self):
         return self.name
