@@ -73,18 +73,7 @@ class BatchExecutor:
     def execute(self, queue, items, epoch):
         """Run a batch taken from ``queue`` while the heartbeat was in ``epoch``;
         return how many tasks ran."""
-        fault_point("after_take")
-        # As Django does around a request: drop a connection past CONN_MAX_AGE
-        # or broken by the previous batch, before this batch's statements.
-        close_old_connections()
-        self._batch_options = {}
-        self._epoch = epoch
-        # Asked once a batch: a TaskResult per signal per task only when someone listens.
-        self._send_started, self._send_finished = listened(task_started), listened(task_finished)
-        runnable, bad = self._classify(queue, items)
-        attempts = self._claim([envelope for _, envelope in runnable])
-        ack = Ack()
-        self._reject(queue, bad, ack)
+        runnable, attempts, ack = self.begin_batch(queue, items, epoch)
 
         unrun, owned = [], True
         cancelled, check_cancels_at = set(), time.monotonic() + CANCEL_CHECK_SECONDS
@@ -122,6 +111,25 @@ class BatchExecutor:
 
         self.acknowledge(queue, ack, unrun)
         return len(runnable) - len(unrun)
+
+    def begin_batch(self, queue, items, epoch):
+        """What every batch does before its tasks, serial or in slots: sort
+        out bad messages (their dead letters go on the returned Ack) and claim
+        the rest in one statement. Returns (runnable (raw, envelope) pairs,
+        {id: attempt} of the claimed ones, the batch's Ack)."""
+        fault_point("after_take")
+        # As Django does around a request: drop a connection past CONN_MAX_AGE
+        # or broken by the previous batch, before this batch's statements.
+        close_old_connections()
+        self._batch_options = {}
+        self._epoch = epoch
+        # Asked once a batch: a TaskResult per signal per task only when someone listens.
+        self._send_started, self._send_finished = listened(task_started), listened(task_finished)
+        runnable, bad = self._classify(queue, items)
+        attempts = self._claim([envelope for _, envelope in runnable])
+        ack = Ack()
+        self._reject(queue, bad, ack)
+        return runnable, attempts, ack
 
     def acknowledge(self, queue, ack, unrun=()):
         """Record the outcomes of ``ack``, then take its items off the

@@ -24,14 +24,13 @@ from datetime import timedelta
 from inspect import iscoroutinefunction
 from typing import NamedTuple
 
-from django.db import close_old_connections
 
 from tasks import registry
 from tasks.conf import mq_settings
 from tasks.logfmt import task_context
 from tasks.queue.envelope import BadMessage, oversized
 from tasks.queue.backend import context_result, finished_result
-from tasks.signals import listened, task_finished, task_started
+from tasks.signals import task_finished, task_started
 from tasks.worker.aio import EventLoopSlots
 from tasks.worker.context import TaskControl
 from tasks.worker.executor import ack_arguments, utcnow
@@ -174,15 +173,8 @@ class SlotPool:
 
     def _hand_out(self, queue, items, epoch):
         executor = self.executor
-        fault_point("after_take")
-        close_old_connections()
-        executor._batch_options = {}
-        executor._epoch = epoch
-        executor._send_started, executor._send_finished = listened(task_started), listened(task_finished)
-        runnable, bad = executor._classify(queue, items)
-        attempts = executor._claim([envelope for _, envelope in runnable])
-        ack, unrun, owned = Ack(), [], True
-        executor._reject(queue, bad, ack)
+        runnable, attempts, ack = executor.begin_batch(queue, items, epoch)
+        unrun, owned = [], True
         started = 0
         for raw, envelope in runnable:
             attempt = attempts.get(envelope.id)
