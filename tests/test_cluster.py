@@ -26,7 +26,7 @@ from tasks.web.health import check_all
 from tasks.worker.loop import Worker
 from tests.fixture_tasks import append_slowly, append_to_file, sleep_for
 from tests.processes import manage, run_manage, stop, wait_for
-from tests.topology_servers import ClusterDeployment, binaries, wait_until
+from tests.topology_servers import FAILOVER_SETTINGS, ClusterDeployment, binaries, wait_until
 
 pytestmark = [
     pytest.mark.topology,
@@ -36,7 +36,6 @@ pytestmark = [
 ]
 
 CHANNEL = "task:pubsub:channel"
-WORKER_SETTINGS = {"MQ_LEASE_SECONDS": 2.0, "MQ_SOCKET_TIMEOUT": 2.0, "MQ_BLOCK_SECONDS": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_a_killed_workers_tasks_are_recovered(url, tmp_path):
     log = tmp_path / "runs.txt"
     slow = sleep_for.using(queue_name="slow").enqueue(3)
     ids = [slow.id] + [append_to_file.using(queue_name="slow").enqueue(str(log), f"l{i}").id for i in range(20)]
-    victim = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "victim", settings=WORKER_SETTINGS)
+    victim = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "victim", settings=FAILOVER_SETTINGS)
     wait_for(
         lambda: TaskRecord.objects.filter(id=slow.id, status=TaskStatus.RUNNING).exists(),
         timeout=30,
@@ -123,7 +122,7 @@ def test_a_killed_workers_tasks_are_recovered(url, tmp_path):
     )
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    rescuer = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "rescuer", settings=WORKER_SETTINGS)
+    rescuer = manage(url, "listen_queue", "--queue", "slow", "--worker-id", "rescuer", settings=FAILOVER_SETTINGS)
     try:
         wait_for(
             lambda: TaskRecord.objects.filter(id__in=ids, status=TaskStatus.SUCCESSFUL).count() == 21,
@@ -194,7 +193,7 @@ def test_sigkill_of_a_master_holding_a_queue_loses_no_task(cluster, url, tmp_pat
         "slow",
         "--worker-id",
         "survivor",
-        settings=WORKER_SETTINGS,
+        settings=FAILOVER_SETTINGS,
         log_path=tmp_path / "w.log",
     )
     # A channel in the queue's slot: its listener's master is killed too.

@@ -23,7 +23,7 @@ from tasks.queue.connection import reset_clients
 from tasks.web.health import check_all
 from tests.fixture_tasks import append_slowly
 from tests.processes import manage, stop, wait_for
-from tests.topology_servers import SentinelDeployment, binaries
+from tests.topology_servers import FAILOVER_SETTINGS, SentinelDeployment, binaries
 
 pytestmark = [
     pytest.mark.topology,
@@ -33,8 +33,6 @@ pytestmark = [
 ]
 
 TASKS = 2000
-# Short leases: a lease the dead master took along is noticed soon.
-WORKER_SETTINGS = {"MQ_LEASE_SECONDS": 2.0, "MQ_SOCKET_TIMEOUT": 2.0, "MQ_BLOCK_SECONDS": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +71,11 @@ def drain_through_a_failover(deployment, tmp_path, fail_over):
     ids = {result.id for result in results}
     url = deployment.url
     workers = [
-        manage(url, "listen_queue", "--worker-id", f"w{i}", settings=WORKER_SETTINGS, log_path=tmp_path / f"w{i}.log")
+        manage(url, "listen_queue", "--worker-id", f"w{i}", settings=FAILOVER_SETTINGS, log_path=tmp_path / f"w{i}.log")
         for i in range(2)
     ]
     listener = manage(
-        url, "listen_channel", "--listener-id", "l1", settings=WORKER_SETTINGS, log_path=tmp_path / "l1.log"
+        url, "listen_channel", "--listener-id", "l1", settings=FAILOVER_SETTINGS, log_path=tmp_path / "l1.log"
     )
     try:
         wait_for(lambda: successful(ids) >= TASKS // 10, timeout=60, interval=0.25, message="a tenth of the tasks done")

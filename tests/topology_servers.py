@@ -26,6 +26,11 @@ from tests.redis_server import free_port
 SERVICE = "mq-master"
 
 
+# Workers and listeners against a deployment that fails over: short leases,
+# so a lease the dead master took along is noticed soon.
+FAILOVER_SETTINGS = {"MQ_LEASE_SECONDS": 2.0, "MQ_SOCKET_TIMEOUT": 2.0, "MQ_BLOCK_SECONDS": 0.5}
+
+
 def binaries():
     """(redis-server, redis-cli), or None when the machine lacks them."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
