@@ -51,13 +51,29 @@ def free_port():
 
 def ensure_bench_venv():
     python = BENCH_VENV / "bin" / "python"
+    if python.exists() and not _runs_django6(python):
+        shutil.rmtree(BENCH_VENV)  # made by bench/run.py with an older Python: Django 6 needs 3.12
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run([python312(), "-m", "venv", str(BENCH_VENV)], check=True)
     pins = ["flask==3.1.3", "huey==3.5.4", "gunicorn==27.0.1", "Django==6.1.3", "redis==8.1.0", "hiredis==3.5.0"]
     check = subprocess.run([str(python), "-c", "import flask, huey, django, gunicorn; assert django.VERSION >= (6,)"], capture_output=True)
     if check.returncode:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins], check=True)
     return str(python)
+
+
+def _runs_django6(python):
+    return subprocess.run([str(python), "-c", "import sys; sys.exit(sys.version_info < (3, 12))"]).returncode == 0
+
+
+def python312():
+    """The first Python 3.12+ that runs (as .ci/run looks for it): the Huey
+    row is a Django 6 site, and Django 6 needs Python 3.12."""
+    for candidate in ["python3.12", "python3.13", *sorted(map(str, Path.home().glob(".pyenv/versions/3.1[2-9]*/bin/python")))]:
+        found = shutil.which(candidate)
+        if found and _runs_django6(found):
+            return found
+    sys.exit("bench/web.py needs a Python 3.12 or newer for its Django 6 rows (tried python3.12, python3.13, ~/.pyenv)")
 
 
 def configs(redis_url, sqlite_url, pg_url, bench_python):
