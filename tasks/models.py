@@ -9,6 +9,7 @@ its raw SQL, in tasks/queue/recorder.py.
 
 from django.db import connections, models, router, transaction
 from django.utils import timezone
+from django.utils.translation import ngettext
 from django.utils.translation import gettext_lazy as _
 
 from tasks.compat import TaskError, TaskResult, TaskResultStatus
@@ -303,7 +304,9 @@ class TaskRecord(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.task_path} [{self.id}] {self.status}"
+        # The admin's page title and breadcrumbs: the status as its label, in
+        # the reader's language (the raw value stays in the API's JSON).
+        return f"{self.task_path} [{self.id}] {self.get_status_display()}"
 
     @property
     def is_finished(self):
@@ -393,8 +396,13 @@ class PublishedMessage(models.Model):
     def __str__(self):
         # What the admin's page title and breadcrumbs show: what was said,
         # where, and to how many (not just when).
-        listeners = "listener" if self.receivers == 1 else "listeners"
-        return f"{self.channel}: {excerpt(self.payload)} -> {self.receivers} {listeners}"
+        # One message per language, so each puts the count where it belongs.
+        text = ngettext(
+            "%(channel)s: %(payload)s -> %(n)d listener",
+            "%(channel)s: %(payload)s -> %(n)d listeners",
+            self.receivers,
+        )
+        return text % {"channel": self.channel, "payload": excerpt(self.payload), "n": self.receivers}
 
 
 class ReceivedMessage(models.Model):

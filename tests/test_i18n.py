@@ -10,9 +10,11 @@ import polib
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.conf import settings
 from django.utils import timezone
+from django.utils.html import escape
 
-from tasks.models import TaskRecord, TaskStatus
+from tasks.models import PublishedMessage, TaskRecord, TaskStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("compilemessages", ROOT / "scripts" / "compilemessages.py")
@@ -193,6 +195,53 @@ def test_a_tasks_admin_page_speaks_the_browsers_language(staff_client, language)
         assert re.search(rf"<(h2|legend)[^>]*>{re.escape(section)}</(h2|legend)>", page), section
     assert f"<div>{words['help']}</div>" in page
     assert f'<div class="readonly">{words["status"]}</div>' in page
+
+
+# A row's page is titled with the row itself (its __str__): the <title>, the
+# subtitle and the last breadcrumb, in the reader's language too.
+TITLES = {
+    "en": {"task": "tasks.tasks.add [i18n-task] Successful", "message": "orders: tea and cake -> 2 listeners"},
+    "ko": {"task": "tasks.tasks.add [i18n-task] 성공", "message": "orders: tea and cake -> 리스너 2개"},
+    "zh-hans": {"task": "tasks.tasks.add [i18n-task] 成功", "message": "orders: tea and cake -> 2 个监听者"},
+}
+
+
+def _assert_titled(page, title):
+    title = escape(title)
+    assert f"<title>{title} | " in page
+    assert f"<h2>{title}</h2>" in page
+    assert re.search(r'<div class="breadcrumbs">.*&rsaquo; ' + re.escape(title) + r"\s*</div>", page, re.S)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_rows_admin_title_and_breadcrumb_speak_the_browsers_language(staff_client, language):
+    message = PublishedMessage.objects.create(channel="orders", payload="tea and cake", published_at=timezone.now(), receivers=2)
+    pages = {
+        "task": "/admin/tasks/taskrecord/i18n-task/change/",
+        "message": f"/admin/tasks/publishedmessage/{message.pk}/change/",
+    }
+    for row, path in pages.items():
+        page = staff_client.get(path, HTTP_ACCEPT_LANGUAGE=language).content.decode()
+        _assert_titled(page, TITLES[language][row])
+
+
+@pytest.mark.django_db
+def test_a_rows_admin_title_follows_the_language_cookie(staff_client):
+    staff_client.cookies[settings.LANGUAGE_COOKIE_NAME] = "ko"
+    page = staff_client.get("/admin/tasks/taskrecord/i18n-task/change/", HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    _assert_titled(page, TITLES["ko"]["task"])
+
+
+@pytest.mark.no_redis
+def test_one_listener_is_said_in_the_singular_in_each_language():
+    from django.utils import translation
+
+    message = PublishedMessage(channel="c", payload="hi", published_at=timezone.now(), receivers=1)
+    said = {"en": "c: hi -> 1 listener", "ko": "c: hi -> 리스너 1개", "zh-hans": "c: hi -> 1 个监听者"}
+    for language, text in said.items():
+        with translation.override(language):
+            assert str(message) == text
 
 
 @pytest.mark.django_db
