@@ -62,6 +62,14 @@ def _preview(text):
     return Truncator(text).chars(80)
 
 
+def status_badge_html(status):
+    """A task status as the lists show it: a coloured badge (tasks/static/tasks/admin.css)
+    with the status's label in the reader's language. The task list and the
+    Schedules page's last outcome share it."""
+    label = TaskStatus(status).label if status in TaskStatus.values else status
+    return format_html('<span class="mq-status mq-status-{}">{}</span>', status.lower(), label)
+
+
 @admin.register(PublishedMessage)
 class PublishedMessageAdmin(ReadOnlyAdmin):
     list_display = ["published_at", "channel", "payload_preview", "receivers", "publisher", "receipts_link"]
@@ -190,7 +198,7 @@ class TaskRecordAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, record):
-        return format_html('<span class="mq-status mq-status-{}">{}</span>', record.status.lower(), record.get_status_display())
+        return status_badge_html(record.status)
 
     @admin.display(description=_("duration"))
     def duration(self, record):

@@ -233,6 +233,23 @@ def test_a_rows_admin_title_follows_the_language_cookie(staff_client):
     _assert_titled(page, TITLES["ko"]["task"])
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_schedules_last_outcome_is_the_task_lists_badge_in_the_browsers_language(staff_client, language):
+    from django.test import override_settings
+
+    from tasks.schedules.models import ScheduleState
+
+    ScheduleState.objects.create(name="nightly", last_task_id="i18n-task")  # the SUCCESSFUL row of staff_client
+    with override_settings(MQ_SCHEDULES={"nightly": {"task": "tasks.tasks.noop", "cron": "0 3 * * *"}}):
+        page = staff_client.get("/admin/tasks/schedulestate/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    badge = f'<span class="mq-status mq-status-successful">{ADMIN[language]["status"]}</span>'
+    assert re.findall(r'<td class="field-last_outcome">(.*?)</td>', page) == [badge]
+    # The same markup as the task list's status column.
+    tasks = staff_client.get("/admin/tasks/taskrecord/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert f'<td class="field-status_badge">{badge}</td>' in tasks
+
+
 @pytest.mark.no_redis
 def test_one_listener_is_said_in_the_singular_in_each_language():
     from django.utils import translation

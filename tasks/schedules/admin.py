@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import gettext, ngettext
 
+from tasks.admin import status_badge_html
 from tasks.models import TaskRecord
 from tasks.schedules.models import ScheduleState
 from tasks.schedules.status import next_run
@@ -74,7 +75,7 @@ class ScheduleStateAdmin(admin.ModelAdmin):
         status = getattr(state, "last_status", None)
         if status is None and state.last_task_id:
             status = TaskRecord.objects.filter(id=state.last_task_id).values_list("status", flat=True).first()
-        return status or "-"
+        return status_badge_html(status) if status else "-"
 
     @admin.display(description=_("next run"))
     def next_run(self, state):
