@@ -208,6 +208,10 @@ class TaskRecordAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("delayed until"), ordering="run_after")
     def run_after_s(self, record):
+        # Only while the task is open: a finished task's run_after is when it
+        # was once due, stale here (its own page still shows it).
+        if record.status not in OPEN_STATUSES or record.run_after is None:
+            return None  # the admin's empty value
         return _seconds(record.run_after)
 
     @admin.display(description=_("finished"), ordering="finished_at")

@@ -193,6 +193,57 @@ def test_the_list_shows_short_ids_coloured_statuses_duration_and_seconds(admin_c
     assert "/static/tasks/admin.css" in page
 
 
+def _column_by_row(page, column):
+    """{task id: the cell of ``column``} of each row of a changelist page."""
+    rows = re.findall(r"<tr>(.*?)</tr>", page, re.S)
+    cells = {}
+    for row in rows:
+        task_id = re.search(r'name="_selected_action" value="([^"]+)"', row)
+        cell = re.search(rf'<td class="field-{column}">(.*?)</td>', row, re.S)
+        if task_id and cell:
+            cells[task_id.group(1)] = cell.group(1)
+    return cells
+
+
+def test_delayed_until_shows_only_for_open_tasks(admin_client):
+    """A finished task's run_after is when it was once due: stale, so its row
+    shows the admin's empty value there; an open task's shows the time."""
+    from django.contrib import admin
+    from django.contrib.admin.utils import display_for_field
+
+    now = timezone.now().replace(microsecond=0)
+    later, earlier = now + timezone.timedelta(hours=1), now - timezone.timedelta(minutes=5)
+    rows = {
+        "delayed-task": (TaskStatus.READY, later),
+        "running-task": (TaskStatus.RUNNING, earlier),
+        "finished-task": (TaskStatus.SUCCESSFUL, earlier),
+        "failed-task": (TaskStatus.FAILED, earlier),
+        "cancelled-task": (TaskStatus.CANCELLED, later),  # cancelled while it waited: never runs
+        "plain-task": (TaskStatus.READY, None),
+    }
+    for task_id, (status, run_after) in rows.items():
+        finished_at = None if status in (TaskStatus.READY, TaskStatus.RUNNING) else now
+        TaskRecord.objects.create(
+            id=task_id, task_path="tasks.tasks.add", status=status, enqueued_at=now - timezone.timedelta(hours=1),
+            run_after=run_after, finished_at=finished_at,
+        )
+    cells = _column_by_row(admin_client.get(CHANGELIST).content.decode(), "run_after_s")
+    assert set(cells) == set(rows)
+
+    def shown(moment):
+        local = timezone.localtime(moment)
+        return f'<time datetime="{moment.isoformat()}" title="{local:%Y-%m-%d %H:%M:%S}">'
+
+    assert cells["delayed-task"].startswith(shown(later))
+    assert cells["running-task"].startswith(shown(earlier))
+    empty = admin.site.empty_value_display
+    assert [cells[i] for i in ("finished-task", "failed-task", "cancelled-task", "plain-task")] == [empty] * 4
+    # The task's own page keeps the value: there it is history, not a promise.
+    page = admin_client.get(f"{CHANGELIST}cancelled-task/change/").content.decode()
+    value = display_for_field(later, TaskRecord._meta.get_field("run_after"), empty)
+    assert re.search(r"<label>Delayed until:</label>\s*<div class=\"readonly\">" + re.escape(value) + "</div>", page)
+
+
 def test_message_titles_say_what_was_said_and_to_how_many():
     now = timezone.now()
     message = PublishedMessage(channel="orders", payload='{"id": 7, "items": ["tea", "cake", "more"]}', published_at=now, receivers=2)
