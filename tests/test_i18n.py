@@ -281,6 +281,7 @@ def _admin_words():
     from django.contrib import admin
     from django.contrib.admin.utils import label_for_field
 
+    yield "the app's name (admin index, breadcrumbs)", apps.get_app_config("tasks").verbose_name
     for model in apps.get_app_config("tasks").get_models():
         yield f"{model.__name__} name", model._meta.verbose_name
         yield f"{model.__name__} plural", model._meta.verbose_name_plural
