@@ -134,6 +134,25 @@ async def async_nap(path, line, seconds=0.1):
 
 
 @task
+def timed_nap(path, line, seconds):
+    """Sleeps, then appends "<line> <start> <end>" (time.time()): the spans
+    say how many tasks ran at once."""
+    start = time.time()
+    time.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line} {start} {time.time()}\n")
+
+
+@task
+async def async_timed_nap(path, line, seconds):
+    """timed_nap as an async def task."""
+    start = time.time()
+    await asyncio.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line} {start} {time.time()}\n")
+
+
+@task
 async def async_fail(message):
     await asyncio.sleep(0)
     raise ValueError(message)

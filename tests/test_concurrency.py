@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tests.fixture_tasks import async_fail, async_forever, async_nap, nap_and_note, raise_base, spin
+from tests.fixture_tasks import async_fail, async_forever, async_nap, async_timed_nap, nap_and_note, raise_base, spin, timed_nap
 from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -54,6 +54,78 @@ def test_eighty_io_bound_tasks_share_eight_slots(redis_url, redis_client, tmp_pa
     found = rows(ids)
     assert {(r.status, r.attempts, r.worker) for r in found.values()} == {(TaskStatus.SUCCESSFUL, 1, "c8")}
     assert len(found) == 80 and redis_client.llen(QUEUE) == 0
+
+
+def spans(path):
+    """{line: (start, end)} of timed_nap's lines; a line written twice fails."""
+    found = {}
+    for text in path.read_text().splitlines():
+        line, start, end = text.split()
+        assert line not in found, f"task {line} ran twice"
+        found[line] = (float(start), float(end))
+    return found
+
+
+def most_at_once(found):
+    # An end sorts before a start at the same instant: back to back is not at once.
+    events = sorted([(start, 1) for start, _ in found.values()] + [(end, -1) for _, end in found.values()])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def test_the_reserve_never_runs_more_than_n_tasks_at_once(redis_url, redis_client, tmp_path):
+    # Fast tasks, so the pool hands out more than its slots (the reserve),
+    # threads and async def mixed: the two kinds share the N slots.
+    path = tmp_path / "spans"
+    ids = [(timed_nap if i % 2 else async_timed_nap).enqueue(str(path), str(i), 0.02).id for i in range(160)]
+
+    burst(redis_url, "--concurrency", "4", "--worker-id", "c4")
+
+    found = spans(path)
+    assert set(found) == {str(i) for i in range(160)}
+    assert most_at_once(found) == 4
+    assert {(r.status, r.attempts) for r in rows(ids).values()} == {(TaskStatus.SUCCESSFUL, 1)}
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_warm_shutdown_gives_back_what_waited_in_the_reserve(redis_url, redis_client, tmp_path):
+    path = tmp_path / "spans"
+    ids = [timed_nap.enqueue(str(path), str(i), 0.02).id for i in range(400)]
+    worker = manage(redis_url, "listen_queue", "--concurrency", "4", "--worker-id", "reserve")
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= 60, message="sixty tasks done")
+    assert stop(worker, signal.SIGTERM) == 0
+
+    ran = spans(path)  # each at most once
+    found = rows(ids)
+    for i, task_id in enumerate(ids):
+        row = found[task_id]
+        if str(i) in ran:
+            assert (row.status, row.attempts) == (TaskStatus.SUCCESSFUL, 1), i
+        else:  # never started: unclaimed, its attempt not counted
+            assert (row.status, row.attempts) == (TaskStatus.READY, 0), i
+    assert redis_client.llen(QUEUE) == 400 - len(ran)
+    assert not list(redis_client.scan_iter(match="{task:prodcons:queue}:processing:*"))
+
+
+def test_slow_tasks_get_no_reserve(redis_url, redis_client, tmp_path):
+    # A worker holds only what it runs when its tasks are slow: the rest stays
+    # on the queue for any other worker.
+    path = tmp_path / "runs"
+    [nap_and_note.enqueue(str(path), str(i), 0.4) for i in range(12)]
+    worker = manage(redis_url, "listen_queue", "--concurrency", "2", "--worker-id", "slow")
+    processing = "{task:prodcons:queue}:processing:slow"
+    try:
+        wait_for(lambda: len(ends(path)) >= 2, message="two tasks done")
+        held = []
+        while len(ends(path)) < 10:
+            held.append(redis_client.llen(processing))
+            time.sleep(0.01)
+    finally:
+        assert stop(worker) == 0
+    assert max(held) == 2, f"the worker held {max(held)} items with 2 slots"
 
 
 def test_sigkill_mid_run_loses_nothing(redis_url, redis_client, tmp_path):

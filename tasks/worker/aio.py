@@ -19,9 +19,10 @@ class EventLoopSlots:
     """Awaits ``run(job, running)`` on the worker's loop; each result goes to
     ``done`` as (job, result, exception), like ThreadSlots'."""
 
-    def __init__(self, run, done):
+    def __init__(self, run, done, slots):
         self._run = run
         self._done = done
+        self._slots = slots  # acquired by the submitter, released here at the end
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running: dict[int, Running] = {}
@@ -64,9 +65,12 @@ class EventLoopSlots:
         def started(task, limit):
             self._running[key] = Running(task, time.monotonic(), limit)
 
+        end: tuple
         try:
-            self._done.put((job, await self._run(job, started), None))
+            end = (job, await self._run(job, started), None)
         except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
-            self._done.put((job, None, exc))
+            end = (job, None, exc)
         finally:
             self._running.pop(key, None)
+            self._slots.release()
+        self._done.put(end)

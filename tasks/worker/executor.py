@@ -219,7 +219,7 @@ class BatchExecutor:
             logger.warning("event=bad_message queue=%s worker=%s task_id=%s reason=%r", queue.name, self.worker_id, message.id, message.reason)
         self.db(self.recorder.record_bad, messages, queue.name, self.worker_id)
 
-    def _owns(self, queue, raw):
+    def _owns(self, queue, raw, epoch=None):
         """Whether a taken item is still this worker's to run.
 
         A worker stalled past its lease (stopped, or its heartbeat starved by
@@ -230,7 +230,9 @@ class BatchExecutor:
         processing list, and renews the lease if so.
         """
         heartbeat = self.heartbeat
-        if heartbeat.holds(self._epoch):
+        # ``epoch``: the heartbeat's epoch when the item was taken, for an
+        # item kept from an earlier take (the slot pool's reserve).
+        if heartbeat.holds(self._epoch if epoch is None else epoch):
             return True
         epoch, sent = heartbeat.epoch, lease_clock()
         try:

@@ -122,7 +122,7 @@ class Worker:
     def snapshot(self):
         executor = self.executor
         if self.pool is not None:
-            urgent, busy = self.pool.most_urgent(), self.pool.busy
+            urgent, busy = self.pool.most_urgent(), self.pool.busy_slots()
             if urgent is None:
                 return Snapshot(self.stopping, executor.processed, executor.failed_count, None, None, None, busy, self.concurrency)
             return Snapshot(self.stopping, executor.processed, executor.failed_count, urgent.task, urgent.since, urgent.limit, busy, self.concurrency)

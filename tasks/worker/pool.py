@@ -4,11 +4,24 @@ The main thread stays the only one that talks to the queue and records
 outcomes; the slots only run tasks. Each turn it records what finished
 since the last one (all of it at once: one executemany and one ACK for
 every slot that finished together, so SQLite's single writer is not asked
-once per task), then takes at most as many items as it has free slots (no
-hoarding: what it cannot start now stays on the queue for other workers),
-claims them in one statement and hands them out: a plain ``def`` task to a
-thread (tasks.worker.slots), an ``async def`` one to the worker's event loop
+once per task), then takes items for its free slots, claims them in one
+statement and hands them out: a plain ``def`` task to a thread
+(tasks.worker.slots), an ``async def`` one to the worker's event loop
 (tasks.worker.aio). A slot is free again once its task is recorded.
+
+The reserve: a slot freed by a task of 20 ms would otherwise wait for the
+main thread's record, take and claim (two database commits and a Redis round
+trip) before its next task, a tenth of its time. So the pool hands out a few
+claimed items more than it has slots: they wait in the threads' queue (an
+``async def`` one in the pool's ``ready``), and a slot that frees starts the
+next at once. A semaphore of N permits, shared by the threads and the event
+loop, keeps at most N tasks running. The pool keeps only what its slots
+start within MQ_BATCH_TARGET_SECONDS at the tasks' recent speed (no hoarding:
+for tasks slower than that it keeps none, and what it cannot start soon
+stays on the queue for other workers). A waiting item starts only while the
+lease taken before its take still holds (else the main thread asks Redis),
+and goes back (its row unclaimed, its item left for the release) at a warm
+shutdown or when Redis fails.
 
 Leases, recovery and the sweeper are the heartbeat's and the chores' as in
 the serial worker; the ownership check runs before the items of a take are
@@ -19,7 +32,9 @@ every running task, records it, then returns whatever else it holds.
 import asyncio
 import logging
 import queue as queue_module
+import threading
 import time
+from collections import deque
 from datetime import timedelta
 from inspect import iscoroutinefunction
 from typing import NamedTuple
@@ -28,7 +43,7 @@ from typing import NamedTuple
 from tasks import registry
 from tasks.conf import mq_settings
 from tasks.logfmt import task_context
-from tasks.queue.envelope import BadMessage, oversized
+from tasks.queue.envelope import BadMessage, Envelope, oversized
 from tasks.queue.backend import context_result, finished_result
 from tasks.signals import task_finished, task_started
 from tasks.worker.aio import EventLoopSlots
@@ -37,7 +52,7 @@ from tasks.worker.executor import ack_arguments, utcnow
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import LIMIT_GRACE_SECONDS
 from tasks.worker.outcomes import Ack
-from tasks.worker.slots import SlotAbandoned, ThreadSlots
+from tasks.worker.slots import NotStarted, SlotAbandoned, ThreadSlots
 from tasks.worker.timelimit import TaskTimeLimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -55,8 +70,9 @@ FULL_WAIT_SECONDS = 0.5
 class Job(NamedTuple):
     queue: object
     raw: bytes
-    envelope: object
+    envelope: Envelope
     attempt: int
+    epoch: int  # the heartbeat's epoch at its take: see BatchExecutor._owns
 
 
 class AsyncEnd(NamedTuple):
@@ -74,10 +90,14 @@ class SlotPool:
         self.worker = worker
         self.executor = worker.executor
         self.size = size
-        self.busy = 0  # handed out and not yet recorded
+        self.busy = 0  # handed to the threads or the loop, not yet recorded
+        self.ready: deque[Job] = deque()  # async jobs claimed, waiting for a slot
+        self.slots = threading.BoundedSemaphore(size)  # held by each running task
+        self._run_times: deque[float] = deque(maxlen=1000)  # seconds, appended by the slots
+        self._mean_run: float | None = None  # recent tasks' run time, seconds
         self._done: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        self.threads = ThreadSlots(size, self._run_in_thread, self._done)
-        self.loop = EventLoopSlots(self._run_async, self._done)
+        self.threads = ThreadSlots(size, self._run_in_thread, self._done, self.slots, self._may_start)
+        self.loop = EventLoopSlots(self._run_async, self._done, self.slots)
         self._poll = POLL_FIRST_SECONDS
         # (queue, Ack) recorded and not yet acknowledged: sent with the next
         # take, in its round trip, or at the end of the turn. One Redis
@@ -96,13 +116,14 @@ class SlotPool:
             self._release()
         self.collect()
         worker.chores.run_due(worker.clock())
-        free = self.size - self.busy
+        in_hand = self.busy + len(self.ready)
+        free = self.size + self.reserve() - in_hand
         if worker.max_tasks is not None:
-            free = min(free, worker.max_tasks - worker.processed - self.busy)
+            free = min(free, worker.max_tasks - worker.processed - in_hand)
         if free > 0 and not worker.stopping:
             epoch = worker.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
             taken = self._take_waiting(free)
-            if taken is None and self.busy == 0:
+            if taken is None and in_hand == 0:
                 taken = worker._take(free)  # blocks, or ends a burst run
                 if taken is None:
                     return None
@@ -119,7 +140,9 @@ class SlotPool:
         return 0
 
     def drain(self):
-        """Warm shutdown: wait for every running task and record it."""
+        """Warm shutdown: wait for every running task and record it; what
+        was ready and not started goes back."""
+        self._give_back_waiting()
         while self.busy:
             if not self.overrun():
                 self.worker.notifier.watchdog()
@@ -131,6 +154,9 @@ class SlotPool:
     # --- what the worker reports ------------------------------------------------
     def running(self):
         return self.threads.running() + self.loop.running()
+
+    def busy_slots(self):
+        return len(self.running())
 
     def most_urgent(self):
         """The running task nearest to (or furthest past) its time limit."""
@@ -144,6 +170,14 @@ class SlotPool:
         exception reaches it. The worker stops vouching to systemd."""
         urgent = self.most_urgent()
         return urgent is not None and urgent.limit is not None and time.monotonic() - urgent.since > urgent.limit + LIMIT_GRACE_SECONDS
+
+    def reserve(self):
+        """How many claimed items may wait for a slot: as many as the slots
+        start within the batch target at the recent run time, at most one
+        per slot; none until a task has finished."""
+        if self._mean_run is None:
+            return 0
+        return min(self.size, int(self.size * mq_settings.MQ_BATCH_TARGET_SECONDS / max(self._mean_run, 1e-6)))
 
     # --- taking and handing out ---------------------------------------------------
     def _take_waiting(self, limit):
@@ -166,16 +200,18 @@ class SlotPool:
         """Back to their queues: what Redis may hold for this worker that the
         worker no longer knows of (a take whose answer was lost, acknowledgements
         refused), once no slot runs anything."""
+        self._give_back_waiting()  # released with the rest: not to be started here too
         for queue in self.worker.queues:
             queue.release(self.worker.worker_id)
         self._unacked.clear()
         self.release_when_idle = False
 
     def _hand_out(self, queue, items, epoch):
+        """Claim a take and hand it out: a thread's jobs to the threads'
+        queue, an async one to ``ready``; how many went to a slot."""
         executor = self.executor
         runnable, attempts, ack = executor.begin_batch(queue, items, epoch)
-        unrun, owned = [], True
-        started = 0
+        unrun, owned, started = [], True, 0
         for raw, envelope in runnable:
             attempt = attempts.get(envelope.id)
             if attempt is None:  # finished already: a duplicate delivery
@@ -188,26 +224,72 @@ class SlotPool:
             if not owned or self.worker.stopping:
                 unrun.append(envelope.id)
                 continue
-            self.busy += 1
-            started += 1
-            job = Job(queue, raw, envelope, attempt)
+            # The epoch the item was last known ours under (_owns may have asked Redis).
+            job = Job(queue, raw, envelope, attempt, executor._epoch)
             task = registry.get(envelope.task)
             assert task is not None  # classify() turned unknown tasks into bad messages
             if iscoroutinefunction(task.func):
-                if executor._send_started:
-                    # Here, not on the loop: a receiver may use the ORM.
-                    executor._signal(task_started, task, context_result(task, envelope, attempt, executor.worker_id, utcnow()))
-                self.loop.submit(job)
+                self.ready.append(job)
             else:
+                self.busy += 1
                 self.threads.submit(job)
+                started += 1
         if ack.done or unrun:
             executor.record_outcomes(ack, unrun)
             self._unacked.append((queue, ack))
+        return started + self._start_ready()
+
+    def _may_start(self, job):
+        """Asked by a thread holding a slot, before it runs ``job``."""
+        return not (self.worker.stopping or self.release_when_idle) and self.worker.heartbeat.holds(job.epoch)
+
+    def _start_ready(self):
+        """Start the waiting async jobs that free slots allow; how many."""
+        if self.worker.stopping or self.release_when_idle:
+            self._give_back_waiting()
+            return 0
+        executor, started = self.executor, 0
+        while self.ready and self.slots.acquire(blocking=False):
+            job = self.ready[0]
+            if not executor._owns(job.queue, job.raw, job.epoch):
+                # Taken back while it waited: so was all the rest this worker holds.
+                self.slots.release()
+                self._give_back_waiting()
+                break
+            self.ready.popleft()
+            self.busy += 1
+            started += 1
+            if executor._send_started:
+                # Here, not on the loop: a receiver may use the ORM.
+                envelope = job.envelope
+                task = registry.get(envelope.task)
+                executor._signal(task_started, task, context_result(task, envelope, job.attempt, executor.worker_id, utcnow()))
+            self.loop.submit(job)
         return started
+
+    def _give_back_waiting(self):
+        """Unclaim what waits for a slot; its items stay in the processing
+        list, for the release at the stop (or the one that called this)."""
+        withdrawn = self.threads.withdraw()
+        self.busy -= len(withdrawn)
+        self._unclaim(withdrawn + list(self.ready))
+        self.ready.clear()
+
+    def _unclaim(self, jobs):
+        executor = self.executor
+        by_queue: dict = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job.envelope.id)
+        for ids in by_queue.values():
+            executor.db(executor.recorder.unclaim, ids, executor.worker_id)
 
     # --- in the slots -------------------------------------------------------------
     def _run_in_thread(self, job, guard):
-        return self.executor._run_to_verdict(job.raw, job.envelope, job.attempt, guard)
+        started = time.monotonic()
+        try:
+            return self.executor._run_to_verdict(job.raw, job.envelope, job.attempt, guard)
+        finally:
+            self._run_times.append(time.monotonic() - started)
 
     async def _run_async(self, job, started):
         """The verdict of an ``async def`` task, awaited under its time limit."""
@@ -217,7 +299,7 @@ class SlotPool:
             return AsyncEnd(executor.dead(job.raw, envelope, attempt), None)
         task = registry.get(envelope.task)
         assert task is not None
-        started_at = utcnow()
+        started_at, since = utcnow(), time.monotonic()
         started(envelope.task, limit)
         control = None
         result = error = None
@@ -237,6 +319,7 @@ class SlotPool:
             error = executor.error_of(ended, attempt)
         except BaseException as exc:  # as in the thread slots: whatever task code raises is its failure
             error = executor.error_of(exc, attempt)
+        self._run_times.append(time.monotonic() - since)
         fault_point("after_run")
         # The control's last progress is written by the main thread: this
         # thread runs the loop, where a blocking query does not belong.
@@ -255,16 +338,27 @@ class SlotPool:
                 finished.append(self._done.get_nowait())
             except queue_module.Empty:
                 break
+        while self._run_times:
+            ran = self._run_times.popleft()
+            self._mean_run = ran if self._mean_run is None else 0.8 * self._mean_run + 0.2 * ran
         try:
             self._record(finished)
         finally:
-            self.busy -= len(finished)  # free once recorded, or given up to recovery
+            self.busy -= len(finished)  # recorded, given up to recovery, or handed out again
+        self._start_ready()
 
     def _record(self, finished):
         executor = self.executor
         acks: dict = {}
         for job, outcome, problem in finished:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
+            if isinstance(problem, NotStarted):
+                if self._may_start_after_all(job):
+                    self.busy += 1
+                    self.threads.submit(job._replace(epoch=self.worker.heartbeat.epoch))
+                else:
+                    unrun.append(job.envelope.id)
+                continue
             if isinstance(problem, SlotAbandoned):
                 outcome = self._timed_out(job, problem)
             elif problem is not None:
@@ -287,6 +381,13 @@ class SlotPool:
             executor.record_outcomes(ack, unrun)
         fault_point("after_record")
         self._unacked += [(queue, ack) for queue, (ack, _) in acks.items()]
+
+    def _may_start_after_all(self, job):
+        """A job a thread did not start: again, if the item is still this
+        worker's (Redis says, as the lease lapsed) and the worker goes on."""
+        if self.worker.stopping or self.release_when_idle:
+            return False
+        return self.executor._owns(job.queue, job.raw, job.epoch)
 
     def _timed_out(self, job, problem):
         """The verdict of a task whose thread was abandoned at its time limit."""

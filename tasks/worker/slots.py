@@ -42,6 +42,12 @@ class SlotAbandoned(Exception):
         self.since = since
 
 
+class NotStarted(Exception):
+    """A job a thread did not start, once it had a slot: the worker is
+    stopping or releasing what it holds, or its lease lapsed since the take
+    (the main thread asks Redis whether the item is still its own)."""
+
+
 class Running(NamedTuple):
     """A task running in a slot: what the heartbeat and /metrics see."""
 
@@ -108,12 +114,20 @@ class SlotGuard:
 
 class ThreadSlots:
     """Runs ``run(job, guard)`` in up to ``size`` threads; each result goes to
-    ``done`` (a queue.Queue) as (job, result, exception)."""
+    ``done`` (a queue.Queue) as (job, result, exception).
 
-    def __init__(self, size, run, done):
+    More jobs than idle threads may be submitted (the slot pool's reserve):
+    they wait here, and a thread that frees starts the next one at once. A
+    thread runs a job only while it holds one of ``slots`` (a semaphore the
+    worker's event loop shares: N tasks at most, of either kind) and only if
+    ``may_start(job)`` says so once it has it."""
+
+    def __init__(self, size, run, done, slots, may_start):
         self.size = size
         self._run = run
         self._done = done
+        self._slots = slots
+        self._may_start = may_start
         self._jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._guards: list[SlotGuard] = []
@@ -125,7 +139,7 @@ class ThreadSlots:
 
     def submit(self, job):
         with self._lock:
-            if self._idle == 0 and len(self._threads) - self._abandoned < self.size:
+            if self._idle <= 0 and len(self._threads) - self._abandoned < self.size:
                 guard = SlotGuard()
                 thread = threading.Thread(target=self._serve, args=(guard,), name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
                 self._threads.append(thread)
@@ -140,6 +154,18 @@ class ThreadSlots:
 
     def running(self):
         return [guard.running for guard in self._guards if guard.running is not None]
+
+    def withdraw(self):
+        """The submitted jobs no thread has picked up yet, taken back."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue_module.Empty:
+                break
+        with self._lock:
+            self._idle += len(jobs)
+        return jobs
 
     def stop(self):
         """End every thread (after the job it runs); each closes its connection.
@@ -160,16 +186,22 @@ class ThreadSlots:
                 job = self._jobs.get()
                 if job is None:
                     return
-                guard.job = job
+                self._slots.acquire()
                 end: tuple
-                try:
-                    end = (job, self._run(job, guard), None)
-                except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
-                    end = (job, None, exc)
-                with guard.lock:
-                    if guard.abandoned:
-                        return  # given up on: its end was recorded already
-                    guard.job = None
+                if not self._may_start(job):
+                    self._slots.release()
+                    end = (job, None, NotStarted())
+                else:
+                    guard.job = job
+                    try:
+                        end = (job, self._run(job, guard), None)
+                    except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
+                        end = (job, None, exc)
+                    with guard.lock:
+                        if guard.abandoned:
+                            return  # given up on: its end was recorded, its slot released
+                        guard.job = None
+                    self._slots.release()
                 self._done.put(end)
                 # As Django does after a request: a connection broken by this
                 # task, or past CONN_MAX_AGE, is not left for the next one.
@@ -187,5 +219,6 @@ class ThreadSlots:
                 if given_up is not None:
                     with self._lock:
                         self._abandoned += 1
+                    self._slots.release()  # the stuck thread's: it returns without releasing it
                     job, problem = given_up
                     self._done.put((job, None, problem))
