@@ -12,6 +12,8 @@ Redis server (flushed between runs, no worker consuming). Configs:
 - huey:    a plain Django 6 view enqueueing through Huey's HueyBackend (bench/huey_site)
 - sqlite / postgres: mqsite's POST /api/tasks (token, validation, history row, push)
 - sqlite-recycle1000: the same with max_requests=1000 (the previous policy)
+- with --variants, sqlite-w2/-w8/-gthread4x4 and the same for postgres: other
+  worker counts and classes (GUNICORN_WORKERS, GUNICORN_WORKER_CLASS/THREADS)
 
 Flask, Huey and Django 6 come from var/bench-venv (bench/run.py creates it;
 this script adds Flask). Only ratios within one round count: see bench/README.md.
@@ -76,7 +78,7 @@ def python312():
     sys.exit("bench/web.py needs a Python 3.12 or newer for its Django 6 rows (tried python3.12, python3.13, ~/.pyenv)")
 
 
-def configs(redis_url, sqlite_url, pg_url, bench_python):
+def configs(redis_url, sqlite_url, pg_url, bench_python, variants=False):
     gunicorn = ["-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
     mqsite_env = {
         "DJANGO_SETTINGS_MODULE": "mqsite.settings",
@@ -102,6 +104,14 @@ def configs(redis_url, sqlite_url, pg_url, bench_python):
     if pg_url:
         found["postgres"] = {"python": sys.executable, "argv": [*gunicorn, "mqsite.wsgi"],
                              "env": {**mqsite_env, "DATABASE_URL": pg_url}, "token": TOKEN, **api}
+    if variants:
+        # Other worker counts and classes for the same mqsite configs (the
+        # choice in deploy/gunicorn.conf.py); gthread also keeps connections alive.
+        shapes = {"w2": {"GUNICORN_WORKERS": "2"}, "w8": {"GUNICORN_WORKERS": "8"},
+                  "gthread4x4": {"GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": "4"}}
+        for db in [name for name in ("sqlite", "postgres") if name in found]:
+            for shape, env in shapes.items():
+                found[f"{db}-{shape}"] = {**found[db], "env": {**found[db]["env"], **env}}
     return found
 
 
@@ -143,7 +153,7 @@ def wrk(cfg, url, seconds, connections=10):
 
 def measure(name, cfg, redis_client, seconds, logdir, round_no):
     port = free_port()
-    env = {**os.environ, **cfg["env"], "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "4"}
+    env = {**os.environ, "GUNICORN_WORKERS": "4", **cfg["env"], "GUNICORN_BIND": f"127.0.0.1:{port}"}
     env.setdefault("GUNICORN_MAX_REQUESTS", "")
     process = spawn([cfg["python"], *cfg["argv"]], env, logdir / f"{name}-{round_no}.log", ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -166,6 +176,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pg-url", default=PG_URL, help="scratch PostgreSQL database, created and dropped ('' to skip)")
     parser.add_argument("--only", default="", help="comma list of configs to run")
+    parser.add_argument("--variants", action="store_true",
+                        help="also 2 and 8 sync workers, and 4 gthread workers x 4 threads, for sqlite and postgres")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
@@ -194,7 +206,7 @@ def main():
         if pg_url:
             recreate_pg(pg_url)
             migrate(pg_url)
-        chosen = configs(redis_url, sqlite_url, pg_url, bench_python)
+        chosen = configs(redis_url, sqlite_url, pg_url, bench_python, args.variants)
         if args.only:
             chosen = {name: chosen[name] for name in args.only.split(",")}
         names = list(chosen)

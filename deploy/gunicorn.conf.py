@@ -10,13 +10,29 @@ import os
 # the network. Several addresses may be given, comma separated.
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
 
-# gunicorn's rule of thumb, two per core plus one, capped: each worker holds a
-# database connection (CONN_MAX_AGE) and SQLite serialises writers anyway.
-# The default sync class: a request is mostly CPU in Django (a profile of
-# POST /api/tasks) plus one Redis push and one INSERT, so threads (gthread)
-# would mostly take turns on the GIL. bench/web.py measures any other choice
-# side by side (GUNICORN_WORKERS, GUNICORN_MAX_REQUESTS).
-workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * (os.cpu_count() or 1) + 1, 8)))
+# Sync workers, as many as measured best (bench/web.py --variants, 2 vCPUs,
+# wrk on the same host, POST /api/tasks, medians of 3 rounds):
+# - SQLite takes one writer at a time, so workers beyond the cores only queue
+#   on its lock: 2 workers 959 req/s, 4 729, 8 583. One per core (at least 2).
+# - PostgreSQL writes in parallel: 2 workers 642 req/s, 4 703, 8 483.
+#   gunicorn's rule of thumb, two per core plus one, capped at 8 (each holds
+#   a connection, CONN_MAX_AGE).
+# - gthread (4 workers x 4 threads, which also keeps connections alive) was
+#   no faster (SQLite 923, PostgreSQL 598 req/s) with a p99 of ~70 ms against
+#   ~25 ms: a request is mostly Python, and threads take turns on the GIL.
+# GUNICORN_WORKERS, GUNICORN_WORKER_CLASS and GUNICORN_THREADS override it.
+
+
+def _default_workers():
+    cores = os.cpu_count() or 1
+    if os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://", "pgsql://", "postgis://")):
+        return min(2 * cores + 1, 8)
+    return max(cores, 2)
+
+
+workers = int(os.environ.get("GUNICORN_WORKERS") or _default_workers())
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 
 # Every view answers in milliseconds (an enqueue is one Redis push and one
 # row); a request still running after 30 s is stuck and its worker replaced.

@@ -8,6 +8,7 @@ verified as shipped. verify reads the units from the directory of the file it
 is given, and instantiates the template when given `mqsite-queue@1.service`.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -151,17 +152,28 @@ def test_gunicorn_settings(monkeypatch):
             config.set(name, value)
         return config
 
-    for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "FORWARDED_ALLOW_IPS"):
+    for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     config = load()
     assert config.bind == ["127.0.0.1:8000"]
-    assert 1 <= config.workers <= 8
+    # SQLite (the default database) writes one at a time: one worker per core.
+    assert (config.workers, config.worker_class_str, config.threads) == (4, "sync", 1)
+    monkeypatch.setenv("DATABASE_URL", "postgres://mq@db.internal/mqsite")
+    assert load().workers == 8  # 2 x 4 + 1, capped at 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert load().workers == 3
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////srv/mqsite/db.sqlite3")
+    assert load().workers == 2
     assert config.forwarded_allow_ips == ["127.0.0.1", "::1"]
     # systemd's SIGKILL (TimeoutStopSec=45) must not cut the graceful stop short.
     assert config.graceful_timeout < 45
 
     monkeypatch.setenv("GUNICORN_BIND", "127.0.0.1:9000,[::1]:9000")
     monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    monkeypatch.setenv("GUNICORN_WORKER_CLASS", "gthread")
+    monkeypatch.setenv("GUNICORN_THREADS", "4")
     config = load()
     assert config.bind == ["127.0.0.1:9000", "[::1]:9000"]
-    assert config.workers == 3
+    assert (config.workers, config.worker_class_str, config.threads) == (3, "gthread", 4)
