@@ -11,18 +11,26 @@ program, and is not interrupted.
 import asyncio
 import threading
 import time
+from collections import deque
 
-from tasks.worker.slots import Running
+from tasks.worker.slots import NotStarted, Running
 
 
 class EventLoopSlots:
     """Awaits ``run(job, running)`` on the worker's loop; each result goes to
-    ``done`` as (job, result, exception), like ThreadSlots'."""
+    ``done`` as (job, result, exception), like ThreadSlots'.
 
-    def __init__(self, run, done, slots):
+    Submitted jobs wait until one of ``slots`` (shared with the threads) is
+    free; the loop starts the next one itself when a task of its own ends,
+    and when ``kick()``ed (a thread's task ended). ``may_start(job)`` is asked
+    once a job has its slot, as the threads ask it."""
+
+    def __init__(self, run, done, slots, may_start):
         self._run = run
         self._done = done
-        self._slots = slots  # acquired by the submitter, released here at the end
+        self._slots = slots
+        self._may_start = may_start
+        self._waiting: deque = deque()  # appended by the main thread, taken by the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running: dict[int, Running] = {}
@@ -30,11 +38,41 @@ class EventLoopSlots:
     def submit(self, job):
         if self._loop is None:
             self._start()
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._serve(job), self._loop)
+        self._waiting.append(job)
+        self.kick()
+
+    def kick(self):
+        """Have the loop start what waits, as far as free slots allow."""
+        if self._loop is not None and self._waiting:
+            self._loop.call_soon_threadsafe(self._start_waiting)
+
+    def withdraw(self):
+        """The submitted jobs not started yet, taken back."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._waiting.popleft())
+            except IndexError:
+                return jobs
 
     def running(self):
         return list(self._running.values())
+
+    def _start_waiting(self):
+        # On the loop's thread.
+        loop = self._loop
+        assert loop is not None
+        while self._waiting and self._slots.acquire(blocking=False):
+            try:
+                job = self._waiting.popleft()
+            except IndexError:  # withdrawn meanwhile
+                self._slots.release()
+                return
+            if self._may_start(job):
+                loop.create_task(self._serve(job))
+            else:
+                self._slots.release()
+                self._done.put((job, None, NotStarted()))
 
     def stop(self):
         """Stop the loop once every submitted task has been handed back."""
@@ -74,3 +112,4 @@ class EventLoopSlots:
             self._running.pop(key, None)
             self._slots.release()
         self._done.put(end)
+        self._start_waiting()

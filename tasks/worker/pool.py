@@ -13,7 +13,7 @@ The reserve: a slot freed by a task of 20 ms would otherwise wait for the
 main thread's record, take and claim (two database commits and a Redis round
 trip) before its next task, a tenth of its time. So the pool hands out a few
 claimed items more than it has slots: they wait in the threads' queue (an
-``async def`` one in the pool's ``ready``), and a slot that frees starts the
+``async def`` one in the event loop's), and a slot that frees starts the
 next at once. A semaphore of N permits, shared by the threads and the event
 loop, keeps at most N tasks running. The pool keeps only what its slots
 start within MQ_BATCH_TARGET_SECONDS at the tasks' recent speed (no hoarding:
@@ -91,13 +91,12 @@ class SlotPool:
         self.executor = worker.executor
         self.size = size
         self.busy = 0  # handed to the threads or the loop, not yet recorded
-        self.ready: deque[Job] = deque()  # async jobs claimed, waiting for a slot
         self.slots = threading.BoundedSemaphore(size)  # held by each running task
         self._run_times: deque[float] = deque(maxlen=1000)  # seconds, appended by the slots
         self._mean_run: float | None = None  # recent tasks' run time, seconds
         self._done: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self.threads = ThreadSlots(size, self._run_in_thread, self._done, self.slots, self._may_start)
-        self.loop = EventLoopSlots(self._run_async, self._done, self.slots)
+        self.loop = EventLoopSlots(self._run_async, self._done, self.slots, self._may_start)
         self._poll = POLL_FIRST_SECONDS
         # (queue, Ack) recorded and not yet acknowledged: sent with the next
         # take, in its round trip, or at the end of the turn. One Redis
@@ -116,7 +115,7 @@ class SlotPool:
             self._release()
         self.collect()
         worker.chores.run_due(worker.clock())
-        in_hand = self.busy + len(self.ready)
+        in_hand = self.busy
         free = self.size + self.reserve() - in_hand
         if worker.max_tasks is not None:
             free = min(free, worker.max_tasks - worker.processed - in_hand)
@@ -208,7 +207,7 @@ class SlotPool:
 
     def _hand_out(self, queue, items, epoch):
         """Claim a take and hand it out: a thread's jobs to the threads'
-        queue, an async one to ``ready``; how many went to a slot."""
+        queue, an async one to the event loop's; how many."""
         executor = self.executor
         runnable, attempts, ack = executor.begin_batch(queue, items, epoch)
         unrun, owned, started = [], True, 0
@@ -228,52 +227,32 @@ class SlotPool:
             job = Job(queue, raw, envelope, attempt, executor._epoch)
             task = registry.get(envelope.task)
             assert task is not None  # classify() turned unknown tasks into bad messages
-            if iscoroutinefunction(task.func):
-                self.ready.append(job)
-            else:
-                self.busy += 1
-                self.threads.submit(job)
-                started += 1
+            if iscoroutinefunction(task.func) and executor._send_started:
+                # Here, not on the loop: a receiver may use the ORM. Sent as
+                # it is handed out, at most a reserve's wait before it starts.
+                executor._signal(task_started, task, context_result(task, envelope, attempt, executor.worker_id, utcnow()))
+            self._submit(job, task)
+            started += 1
         if ack.done or unrun:
             executor.record_outcomes(ack, unrun)
             self._unacked.append((queue, ack))
-        return started + self._start_ready()
+        return started
+
+    def _submit(self, job, task=None):
+        task = task or registry.get(job.envelope.task)
+        self.busy += 1
+        (self.loop if iscoroutinefunction(task.func) else self.threads).submit(job)
 
     def _may_start(self, job):
         """Asked by a thread holding a slot, before it runs ``job``."""
         return not (self.worker.stopping or self.release_when_idle) and self.worker.heartbeat.holds(job.epoch)
 
-    def _start_ready(self):
-        """Start the waiting async jobs that free slots allow; how many."""
-        if self.worker.stopping or self.release_when_idle:
-            self._give_back_waiting()
-            return 0
-        executor, started = self.executor, 0
-        while self.ready and self.slots.acquire(blocking=False):
-            job = self.ready[0]
-            if not executor._owns(job.queue, job.raw, job.epoch):
-                # Taken back while it waited: so was all the rest this worker holds.
-                self.slots.release()
-                self._give_back_waiting()
-                break
-            self.ready.popleft()
-            self.busy += 1
-            started += 1
-            if executor._send_started:
-                # Here, not on the loop: a receiver may use the ORM.
-                envelope = job.envelope
-                task = registry.get(envelope.task)
-                executor._signal(task_started, task, context_result(task, envelope, job.attempt, executor.worker_id, utcnow()))
-            self.loop.submit(job)
-        return started
-
     def _give_back_waiting(self):
         """Unclaim what waits for a slot; its items stay in the processing
         list, for the release at the stop (or the one that called this)."""
-        withdrawn = self.threads.withdraw()
+        withdrawn = self.threads.withdraw() + self.loop.withdraw()
         self.busy -= len(withdrawn)
-        self._unclaim(withdrawn + list(self.ready))
-        self.ready.clear()
+        self._unclaim(withdrawn)
 
     def _unclaim(self, jobs):
         executor = self.executor
@@ -345,7 +324,7 @@ class SlotPool:
             self._record(finished)
         finally:
             self.busy -= len(finished)  # recorded, given up to recovery, or handed out again
-        self._start_ready()
+        self.loop.kick()  # a thread's slot may have freed what an async job waits for
 
     def _record(self, finished):
         executor = self.executor
@@ -354,8 +333,7 @@ class SlotPool:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
             if isinstance(problem, NotStarted):
                 if self._may_start_after_all(job):
-                    self.busy += 1
-                    self.threads.submit(job._replace(epoch=self.worker.heartbeat.epoch))
+                    self._submit(job._replace(epoch=self.worker.heartbeat.epoch))
                 else:
                     unrun.append(job.envelope.id)
                 continue
