@@ -10,27 +10,19 @@ import os
 # the network. Several addresses may be given, comma separated.
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
 
-# Sync workers, as many as measured best (bench/web.py --variants, 2 vCPUs,
-# wrk on the same host, POST /api/tasks, medians of 3 rounds):
-# - SQLite takes one writer at a time, so workers beyond the cores only queue
-#   on its lock: 2 workers 959 req/s, 4 729, 8 583. One per core (at least 2).
-# - PostgreSQL writes in parallel: 2 workers 642 req/s, 4 703, 8 483.
-#   gunicorn's rule of thumb, two per core plus one, capped at 8 (each holds
-#   a connection, CONN_MAX_AGE).
-# - gthread (4 workers x 4 threads, which also keeps connections alive) was
-#   no faster (SQLite 923, PostgreSQL 598 req/s) with a p99 of ~70 ms against
+# Sync workers, two per core plus one (gunicorn's rule of thumb), at most 8:
+# each holds a database connection (CONN_MAX_AGE). Measured with
+# `bench/web.py --variants` (2 vCPUs, wrk on the same host, POST /api/tasks,
+# medians of 3 rounds, two runs):
+# - 2 against 4 workers: within the noise (SQLite 959 and 724 req/s against
+#   729 and 805; PostgreSQL 642 against 703). 8: slower on SQLite (583
+#   against 729), split on PostgreSQL (483 against 703, then 460 against 427).
+#   No count won clearly, so the rule of thumb stays.
+# - gthread, 4 workers x 4 threads (which also keeps connections alive): no
+#   faster (SQLite 923, PostgreSQL 598 req/s) and a p99 of ~70 ms against
 #   ~25 ms: a request is mostly Python, and threads take turns on the GIL.
 # GUNICORN_WORKERS, GUNICORN_WORKER_CLASS and GUNICORN_THREADS override it.
-
-
-def _default_workers():
-    cores = os.cpu_count() or 1
-    if os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://", "pgsql://", "postgis://")):
-        return min(2 * cores + 1, 8)
-    return max(cores, 2)
-
-
-workers = int(os.environ.get("GUNICORN_WORKERS") or _default_workers())
+workers = int(os.environ.get("GUNICORN_WORKERS") or min(2 * (os.cpu_count() or 1) + 1, 8))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 

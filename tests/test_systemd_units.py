@@ -154,18 +154,12 @@ def test_gunicorn_settings(monkeypatch):
 
     for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "FORWARDED_ALLOW_IPS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     config = load()
     assert config.bind == ["127.0.0.1:8000"]
-    # SQLite (the default database) writes one at a time: one worker per core.
-    assert (config.workers, config.worker_class_str, config.threads) == (4, "sync", 1)
-    monkeypatch.setenv("DATABASE_URL", "postgres://mq@db.internal/mqsite")
-    assert load().workers == 8  # 2 x 4 + 1, capped at 8
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert load().workers == 3
-    monkeypatch.setenv("DATABASE_URL", "sqlite:////srv/mqsite/db.sqlite3")
-    assert load().workers == 2
+    assert (config.workers, config.worker_class_str, config.threads) == (5, "sync", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert load().workers == 8  # capped: each holds a database connection
     assert config.forwarded_allow_ips == ["127.0.0.1", "::1"]
     # systemd's SIGKILL (TimeoutStopSec=45) must not cut the graceful stop short.
     assert config.graceful_timeout < 45
