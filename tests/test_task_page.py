@@ -60,6 +60,15 @@ def test_a_finished_task_stops_reloading_and_shows_its_result_duration_and_faile
     assert f"/admin/tasks/taskrecord/{task.id}/change/" in page
 
 
+def test_delayed_until_shows_only_while_the_task_waits(client):
+    # A finished task's run_after is when it was once due: stale on its page.
+    later = timezone.now() + timezone.timedelta(hours=1)
+    delayed, done = row(TaskStatus.READY, run_after=later), row(TaskStatus.SUCCESSFUL, run_after=later, finished_at=timezone.now())
+    client.force_login(reader())
+    assert "delayed until" in client.get(f"/tasks/{delayed.id}").content.decode()
+    assert "delayed until" not in client.get(f"/tasks/{done.id}").content.decode()
+
+
 @pytest.mark.parametrize("task_id", ["missing", "a%00b", "x" * 5000])
 def test_an_unknown_or_impossible_id_is_404(client, task_id):
     client.force_login(reader())
