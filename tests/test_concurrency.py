@@ -304,6 +304,25 @@ def test_a_thread_stuck_in_a_blocking_call_is_given_up_at_its_limit(redis_url, t
     assert "event=thread_abandoned" in done.stderr
 
 
+def test_jobs_waiting_behind_abandoned_threads_still_run(redis_url, tmp_path):
+    """Fast tasks fill the reserve; both threads then get stuck in a call past
+    its limit and are abandoned. The jobs that waited for them get new
+    threads: nothing else would come to start them once the queue is empty."""
+    from tests.fixture_tasks import sleep_for
+
+    path = tmp_path / "runs"
+    options = {"MQ_TASK_OPTIONS": {"tests.fixture_tasks.sleep_for": {"time_limit": 1, "max_attempts": 1}}}
+    before = [nap_and_note.enqueue(str(path), f"b{i}", 0.01).id for i in range(30)]
+    stuck = [sleep_for.enqueue(3600).id for _ in range(2)]
+    after = [nap_and_note.enqueue(str(path), f"a{i}", 0.01).id for i in range(2)]
+
+    _, done = burst(redis_url, "--concurrency", "2", settings=options, timeout=60)
+
+    assert {r.status for r in rows(stuck).values()} == {TaskStatus.FAILED}
+    assert {r.status for r in rows(before + after).values()} == {TaskStatus.SUCCESSFUL}
+    assert done.stderr.count("event=thread_abandoned") == 2
+
+
 def test_an_async_task_reports_progress_and_hears_a_cancel(redis_url, tmp_path):
     from tasks.queue.backend import cancel
     from tests.fixture_tasks import async_until_cancelled

@@ -105,6 +105,7 @@ class SlotPool:
         # running slots hold: that waits for release_when_idle).
         self._unacked: list = []
         self.release_when_idle = False
+        self.closing = False  # draining: nothing that waits starts any more
 
     # --- one turn of the worker's loop ----------------------------------------
     def step(self):
@@ -119,7 +120,9 @@ class SlotPool:
         free = self.size + self.reserve() - in_hand
         if worker.max_tasks is not None:
             free = min(free, worker.max_tasks - worker.processed - in_hand)
-        if free > 0 and not worker.stopping:
+        # Not while a release waits for the slots to empty: what it took now
+        # would not start, and would only put the release off.
+        if free > 0 and not worker.stopping and not self.release_when_idle:
             epoch = worker.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
             taken = self._take_waiting(free)
             if taken is None and in_hand == 0:
@@ -141,6 +144,7 @@ class SlotPool:
     def drain(self):
         """Warm shutdown: wait for every running task and record it; what
         was ready and not started goes back."""
+        self.closing = True  # also when the loop ended without a stop request
         self._give_back_waiting()
         while self.busy:
             if not self.overrun():
@@ -176,7 +180,11 @@ class SlotPool:
         per slot; none until a task has finished."""
         if self._mean_run is None:
             return 0
-        return min(self.size, int(self.size * mq_settings.MQ_BATCH_TARGET_SECONDS / max(self._mean_run, 1e-6)))
+        # A task running longer than the recent mean (slow tasks after fast
+        # ones) counts at once: it is not left to finish before the reserve shrinks.
+        now = time.monotonic()
+        run_time = max([self._mean_run, *(now - running.since for running in self.running())])
+        return min(self.size, int(self.size * mq_settings.MQ_BATCH_TARGET_SECONDS / max(run_time, 1e-6)))
 
     # --- taking and handing out ---------------------------------------------------
     def _take_waiting(self, limit):
@@ -199,7 +207,7 @@ class SlotPool:
         """Back to their queues: what Redis may hold for this worker that the
         worker no longer knows of (a take whose answer was lost, acknowledgements
         refused), once no slot runs anything."""
-        self._give_back_waiting()  # released with the rest: not to be started here too
+        self._give_back_waiting()  # none while idle; a safeguard: released items must not start here too
         for queue in self.worker.queues:
             queue.release(self.worker.worker_id)
         self._unacked.clear()
@@ -245,7 +253,7 @@ class SlotPool:
 
     def _may_start(self, job):
         """Asked by a thread holding a slot, before it runs ``job``."""
-        return not (self.worker.stopping or self.release_when_idle) and self.worker.heartbeat.holds(job.epoch)
+        return not (self.worker.stopping or self.closing or self.release_when_idle) and self.worker.heartbeat.holds(job.epoch)
 
     def _give_back_waiting(self):
         """Unclaim what waits for a slot; its items stay in the processing
@@ -324,7 +332,7 @@ class SlotPool:
             self._record(finished)
         finally:
             self.busy -= len(finished)  # recorded, given up to recovery, or handed out again
-        self.loop.kick()  # a thread's slot may have freed what an async job waits for
+            self.loop.kick()  # a thread's slot may have freed what an async job waits for
 
     def _record(self, finished):
         executor = self.executor
@@ -332,8 +340,9 @@ class SlotPool:
         for job, outcome, problem in finished:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
             if isinstance(problem, NotStarted):
+                epoch = self.worker.heartbeat.epoch  # before Redis is asked, as for a take
                 if self._may_start_after_all(job):
-                    self._submit(job._replace(epoch=self.worker.heartbeat.epoch))
+                    self._submit(job._replace(epoch=epoch))
                 else:
                     unrun.append(job.envelope.id)
                 continue
@@ -363,7 +372,7 @@ class SlotPool:
     def _may_start_after_all(self, job):
         """A job a thread did not start: again, if the item is still this
         worker's (Redis says, as the lease lapsed) and the worker goes on."""
-        if self.worker.stopping or self.release_when_idle:
+        if self.worker.stopping or self.closing or self.release_when_idle:
             return False
         return self.executor._owns(job.queue, job.raw, job.epoch)
 

@@ -139,18 +139,24 @@ class ThreadSlots:
 
     def submit(self, job):
         with self._lock:
-            if self._idle <= 0 and len(self._threads) - self._abandoned < self.size:
-                guard = SlotGuard()
-                thread = threading.Thread(target=self._serve, args=(guard,), name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
-                self._threads.append(thread)
-                self._guards.append(guard)
-                thread.start()
-            else:
-                self._idle -= 1
+            self._idle -= 1
+            self._grow()
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="mq-time-limits", daemon=True)
             self._watchdog.start()
         self._jobs.put(job)
+
+    def _grow(self):
+        """Under _lock: a new thread for each job no idle thread will take
+        (``_idle`` counts idle threads less waiting jobs), up to ``size``
+        threads that are not abandoned."""
+        while self._idle < 0 and len(self._threads) - self._abandoned < self.size:
+            guard = SlotGuard()
+            thread = threading.Thread(target=self._serve, args=(guard,), name=f"mq-slot-{len(self._threads) + 1}", daemon=True)
+            self._threads.append(thread)
+            self._guards.append(guard)
+            thread.start()
+            self._idle += 1
 
     def running(self):
         return [guard.running for guard in self._guards if guard.running is not None]
@@ -219,6 +225,8 @@ class ThreadSlots:
                 if given_up is not None:
                     with self._lock:
                         self._abandoned += 1
+                        # Jobs waiting for a thread (the reserve) get one in its place.
+                        self._grow()
                     self._slots.release()  # the stuck thread's: it returns without releasing it
                     job, problem = given_up
                     self._done.put((job, None, problem))
