@@ -116,16 +116,15 @@ class SlotPool:
             self._release()
         self.collect()
         worker.chores.run_due(worker.clock())
-        in_hand = self.busy
-        free = self.size + self.reserve() - in_hand
+        free = self.size + self.reserve() - self.busy
         if worker.max_tasks is not None:
-            free = min(free, worker.max_tasks - worker.processed - in_hand)
+            free = min(free, worker.max_tasks - worker.processed - self.busy)
         # Not while a release waits for the slots to empty: what it took now
         # would not start, and would only put the release off.
         if free > 0 and not worker.stopping and not self.release_when_idle:
             epoch = worker.heartbeat.epoch  # before the items are ours: see BatchExecutor._owns
             taken = self._take_waiting(free)
-            if taken is None and in_hand == 0:
+            if taken is None and self.busy == 0:
                 taken = worker._take(free)  # blocks, or ends a burst run
                 if taken is None:
                     return None
@@ -207,7 +206,6 @@ class SlotPool:
         """Back to their queues: what Redis may hold for this worker that the
         worker no longer knows of (a take whose answer was lost, acknowledgements
         refused), once no slot runs anything."""
-        self._give_back_waiting()  # none while idle; a safeguard: released items must not start here too
         for queue in self.worker.queues:
             queue.release(self.worker.worker_id)
         self._unacked.clear()
