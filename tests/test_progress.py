@@ -1,6 +1,7 @@
 """Progress (DESIGN section 9): reported through the context, stored without
 a write per call, shown by the API and the admin while the task runs."""
 
+from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
@@ -25,7 +26,7 @@ def test_progress_is_visible_through_the_api_while_a_worker_runs_the_task(redis_
         body = wait_for(lambda: client.get(f"/api/tasks/{result.id}", **AUTH).json(), message="the task's JSON")
         assert body["status"] == TaskStatus.RUNNING
         assert body["progress"]["total"] == 10 and 1 <= body["progress"]["done"] <= 5
-        page = admin_client.get(f"/admin/tasks/taskrecord/{result.id}/change/").content.decode()
+        page = admin_client.get(f"/admin/tasks/taskrecord/{quote(result.id)}/change/").content.decode()
         assert f"{body['progress']['done']}/10" in page
         assert worker.wait(60) == 0
     finally:

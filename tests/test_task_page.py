@@ -60,6 +60,17 @@ def test_a_finished_task_stops_reloading_and_shows_its_result_duration_and_faile
     assert f"/admin/tasks/taskrecord/{task.id}/change/" in page
 
 
+def test_the_admin_link_quotes_the_id_as_the_admin_reads_it(client):
+    # Task ids use "_": unquoted, the admin reads "_5B" in an id as "[" and
+    # answers with a redirect instead of the task.
+    task = row(TaskStatus.READY)
+    task.id = "page_5Bx"
+    task.save()
+    client.force_login(reader())
+    page = client.get(f"/tasks/{task.id}").content.decode()
+    assert '/admin/tasks/taskrecord/page_5F5Bx/change/' in page
+
+
 def test_delayed_until_shows_only_while_the_task_waits(client):
     # A finished task's run_after is when it was once due: stale on its page.
     later = timezone.now() + timezone.timedelta(hours=1)
