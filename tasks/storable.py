@@ -43,6 +43,8 @@ def unstorable(value: object) -> str | None:
     JSON check refuses NaN. Messages and results carrying them are refused
     before they reach a database write.
     """
+    if value is None or type(value) in (bool, int):
+        return None  # what most tasks return, checked without encoding it
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate

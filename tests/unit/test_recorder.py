@@ -7,7 +7,9 @@ redelivered task's outcome count once, so each test below pins one guard.
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
+from psycopg._queries import MAX_CACHED_STATEMENT_PARAMS
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.envelope import BadMessage, Envelope
@@ -102,6 +104,54 @@ def test_finish_records_success_and_result(recorder):
     a = row("a")
     assert (a.status, a.result, a.started_at, a.finished_at) == (TaskStatus.SUCCESSFUL, {"sum": 3}, T0, T0 + timedelta(seconds=1))
     assert row("b").result == [1]
+
+
+# What a batch's results may hold: quotes and backslashes (the PostgreSQL
+# batch travels as one JSON document), other scripts, big and small numbers.
+AWKWARD_RESULTS = [None, True, 0, -(2**70), 1.5e-300, "", "it's \"quoted\" \\ back", "줄\n바꿈 中文",
+                   {"nested": [{"a": None}, [1, "two"]]}, [], {}]
+
+
+def test_a_full_batch_is_recorded_result_for_result(recorder):
+    ids = [f"t{n:03}" for n in range(200)]
+    enqueued(recorder, *ids)
+    TaskRecord.objects.filter(id="t007").update(cancel_requested=True)
+    assert recorder.claim(ids, "w1") == dict.fromkeys(ids, 1)
+    started = T0 + timedelta(microseconds=123457)
+    outcomes = [Outcome(task_id, TaskStatus.SUCCESSFUL, started, started + timedelta(seconds=n),
+                        result=AWKWARD_RESULTS[n % len(AWKWARD_RESULTS)]) for n, task_id in enumerate(ids)]
+    recorder.finish(outcomes)
+    rows = {r.id: r for r in TaskRecord.objects.all()}
+    for n, outcome in enumerate(outcomes):
+        got = rows[outcome.id]
+        assert (got.result, got.started_at, got.finished_at) == (outcome.result, started, outcome.finished_at)
+        assert got.status == (TaskStatus.CANCELLED if outcome.id == "t007" else TaskStatus.SUCCESSFUL)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's statement cache")
+def test_claim_and_finish_statements_are_the_same_for_any_batch(recorder):
+    """psycopg parses a statement's placeholders in Python and caches that
+    parse only for statements of at most MAX_CACHED_STATEMENT_PARAMS
+    parameters: a statement that grew with the batch was parsed anew for
+    every batch (a fifth of a PostgreSQL drain)."""
+    seen = []
+
+    def note(execute, sql, params, many, context):
+        if not sql.startswith(("SAVEPOINT", "RELEASE SAVEPOINT")):  # the test's transaction names them apart
+            seen.append((sql, len(params or ())))
+        return execute(sql, params, many, context)
+
+    statements = []
+    for size in (1, 200):
+        ids = [f"s{size}-{n}" for n in range(size)]
+        enqueued(recorder, *ids)
+        seen.clear()
+        with connection.execute_wrapper(note):
+            recorder.claim(ids, "w1")
+            recorder.finish([succeeded(task_id) for task_id in ids])
+        statements.append(list(seen))
+    assert statements[0] == statements[1] and len(statements[0]) == 2
+    assert all(count <= MAX_CACHED_STATEMENT_PARAMS for _, count in statements[1])
 
 
 def test_finish_of_nothing_writes_nothing(recorder, django_assert_num_queries):
