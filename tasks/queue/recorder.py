@@ -311,8 +311,10 @@ class Recorder:
             f"UPDATE {self.table} AS task SET status = CASE WHEN task.cancel_requested THEN '{TaskStatus.CANCELLED}' "
             "ELSE outcome.status END, started_at = outcome.started_at, "
             "finished_at = outcome.finished_at, result = outcome.result "
-            "FROM jsonb_to_recordset(CAST(%s AS jsonb)) "
-            "AS outcome (id text, status text, started_at timestamptz, finished_at timestamptz, result jsonb) "
+            # LIMIT tells the planner the batch's size (it assumes 100 rows
+            # of a function), so it picks the primary key's index.
+            "FROM (SELECT * FROM jsonb_to_recordset(CAST(%s AS jsonb)) "
+            "AS batch (id text, status text, started_at timestamptz, finished_at timestamptz, result jsonb) LIMIT %s) AS outcome "
             f"WHERE task.id = outcome.id AND {self._unindexed('task.status')} IN (%s, %s)"
         )
         batch = json.dumps([
@@ -325,7 +327,7 @@ class Recorder:
         # _unless_refused goes on to record the outcomes one by one.
         nested = transaction.atomic(using=self.using) if self.connection.in_atomic_block else nullcontext()
         with nested, self.connection.cursor() as cursor:
-            cursor.execute(sql, [batch, *OPEN_STATUSES])
+            cursor.execute(sql, [batch, len(outcomes), *OPEN_STATUSES])
 
     def fail(self, outcomes):
         """Record failed runs (the rare path), keeping every attempt's error."""
