@@ -8,6 +8,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import CommandError
 
 from tasks.exceptions import ForcedStop
@@ -15,6 +16,13 @@ from tasks.exceptions import RedisNotConfigured
 from tasks.queue.connection import redis_url
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO}
+
+# The system checks a long-running consumer runs as it starts: what it stands
+# on (its settings, the models it writes). The URL, admin, template, static
+# and cache checks are the web site's and `manage.py check`'s; run here they
+# imported the whole site (URLconf, views, Prometheus client, WhiteNoise)
+# into every worker, 2 MiB of its memory and part of its start-up.
+CONSUMER_CHECKS = [Tags.models, "mqsite"]
 
 
 def require_redis() -> None:

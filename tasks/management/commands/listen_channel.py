@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.queue import presence
 from tasks.channel.listener import Listener
-from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
+from tasks.management.process import CONSUMER_CHECKS, install_stop_handlers, require_redis, set_verbosity
 from tasks.channel.publish import CHANNEL_MAX_LENGTH
 
 
@@ -15,6 +15,7 @@ class Command(BaseCommand):
         "hand each to its configured handler, record each receipt. Delivery is at-most-once: "
         "messages published while no listener is connected are lost."
     )
+    requires_system_checks = CONSUMER_CHECKS
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(

@@ -4,12 +4,13 @@ from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.conf import mq_settings
 from tasks.queue import presence
-from tasks.management.process import install_stop_handlers, require_redis, set_verbosity
+from tasks.management.process import CONSUMER_CHECKS, install_stop_handlers, require_redis, set_verbosity
 from tasks.worker.loop import Worker
 
 
 class Command(BaseCommand):
     help = "Run a worker: take tasks from Redis queues, run them, record each outcome."
+    requires_system_checks = CONSUMER_CHECKS
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
