@@ -5,9 +5,9 @@ path (enqueue's insert, claim, finish) is raw SQL here; every other change of
 a row is a TaskRecordQuerySet method, which this module calls. Claiming a
 batch is one UPDATE ... RETURNING and finishing one UPDATE (PostgreSQL) or one
 executemany (SQLite), so a deep queue costs two statements per batch, not per
-task. Every write is guarded
-by the row's status, which is what makes a redelivered task's outcome count
-once: a finished row is never claimed or finished again.
+task. Every write is guarded by the row's status, which is what makes a
+redelivered task's outcome count once: a finished row is never claimed or
+finished again.
 """
 
 import json
