@@ -1,8 +1,8 @@
 """Progress (DESIGN section 9): reported through the context, stored without
 a write per call, shown by the API and the admin while the task runs."""
 
-from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 import pytest
+from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.recorder import Recorder

@@ -1,9 +1,9 @@
 """The task history in the admin: read-only pages and the two actions."""
 
-from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 import re
 
 import pytest
+from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.test import Client

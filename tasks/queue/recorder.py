@@ -89,7 +89,7 @@ class Recorder:
         return f"+{column}" if self.is_sqlite else f"({column} || '')"
 
     def _id_among(self, column, ids):
-        """SQL for "``column`` is one of ``ids``" (their parameters: _id_params).
+        """(SQL, parameters) for "``column`` is one of ``ids``".
 
         On PostgreSQL one array parameter, so the statement's text is the same
         for every batch: psycopg parses a statement's placeholders in Python,
@@ -98,11 +98,8 @@ class Recorder:
         a PostgreSQL drain's time.
         """
         if self.is_sqlite:
-            return f"{column} IN ({', '.join(['%s'] * len(ids))})"
-        return f"{column} = ANY(%s)"
-
-    def _id_params(self, ids):
-        return list(ids) if self.is_sqlite else [list(ids)]
+            return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+        return f"{column} = ANY(%s)", [list(ids)]
 
     def _dt(self, value):
         if self.is_sqlite:
@@ -194,12 +191,13 @@ class Recorder:
         if not ids:
             return {}
         now = now or timezone.now()
+        among, id_params = self._id_among("id", ids)
         sql = (
             f"UPDATE {self.table} SET status = %s, attempts = attempts + 1, worker = %s, started_at = %s "
             f"{self._lazy_commit()}"
-            f"WHERE {self._id_among('id', ids)} AND {self._unindexed('status')} IN (%s, %s) RETURNING id, attempts"
+            f"WHERE {among} AND {self._unindexed('status')} IN (%s, %s) RETURNING id, attempts"
         )
-        params = [TaskStatus.RUNNING, worker_id, self._dt(now), *self._id_params(ids), *OPEN_STATUSES]
+        params = [TaskStatus.RUNNING, worker_id, self._dt(now), *id_params, *OPEN_STATUSES]
         with self.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return dict(cursor.fetchall())
