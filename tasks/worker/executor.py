@@ -10,6 +10,9 @@ nothing.
 
 Before a task runs, the executor makes sure the item is still this worker's
 (see _owns): a worker stalled past its lease may have lost its batch.
+
+On PostgreSQL the serial worker records and acknowledges a batch on a thread
+of its own while it runs the next (tasks.worker.record_behind).
 """
 
 import logging
@@ -37,6 +40,7 @@ from tasks.worker.context import CHECK_SECONDS, TaskControl, WorkerTaskContext
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import lease_clock
 from tasks.worker.outcomes import CANCELLED, DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
+from tasks.worker.record_behind import RecordBehind
 from tasks.worker.timelimit import time_limit
 
 logger = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ class BatchExecutor:
         self._epoch = 0
         self._connections_checked = float("-inf")  # time.monotonic() of the last close_old_connections()
         self._send_started = self._send_finished = False
+        self._behind: RecordBehind | None = None  # started by the first batch that may use it
 
     def execute(self, queue, items, epoch):
         """Run a batch taken from ``queue`` while the heartbeat was in ``epoch``;
@@ -110,8 +115,30 @@ class BatchExecutor:
             ack.add(raw, verdict, envelope.enqueued_at)
             self._count_and_log(queue, envelope, attempt, verdict)
 
-        self.acknowledge(queue, ack, unrun)
+        if len(items) > 1 and self.recorder.connection.vendor == "postgresql":
+            if self._behind is None:
+                self._behind = RecordBehind()
+            self._behind.submit([envelope.id for _, envelope in runnable], self.acknowledge, queue, ack, unrun)
+        else:
+            try:
+                self.settle()
+            finally:
+                # Even when the batch behind met an error: these tasks ran,
+                # and their items may go back to the queue next.
+                self.acknowledge(queue, ack, unrun)
         return len(runnable) - len(unrun)
+
+    def settle(self):
+        """Wait until the batch being recorded behind (if any) is recorded and
+        acknowledged; raises what its thread met."""
+        if self._behind is not None:
+            self._behind.wait()
+
+    def close(self):
+        """settle(), and end the thread that records behind."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.close()
 
     def begin_batch(self, queue, items, epoch):
         """What every batch does before its tasks, serial or in slots: sort
@@ -132,6 +159,10 @@ class BatchExecutor:
         # Asked once a batch: a TaskResult per signal per task only when someone listens.
         self._send_started, self._send_finished = listened(task_started), listened(task_finished)
         runnable, bad = self._classify(queue, items)
+        if self._behind is not None:
+            # A redelivered item of the batch still being recorded: its row is
+            # RUNNING, and a claim now would run it again.
+            self._behind.wait([envelope.id for _, envelope in runnable])
         attempts = self._claim([envelope for _, envelope in runnable])
         ack = Ack()
         self._reject(queue, bad, ack)

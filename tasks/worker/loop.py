@@ -34,7 +34,7 @@ from tasks.conf import mq_settings
 from tasks.dbretry import retry_database
 from tasks.queue import presence
 from tasks.queue.connection import get_redis
-from tasks.exceptions import QueueUnavailable
+from tasks.exceptions import ForcedStop, QueueUnavailable
 from tasks.queue.backend import queue_for
 from tasks.queue.envelope import BadMessage, oversized
 from tasks.queue.recorder import Recorder
@@ -82,6 +82,7 @@ class Worker:
         self.notifier = notifier or SystemdNotifier()
         self.clock = clock
         self.stopping = False
+        self.forced = False  # the operator's second signal: leave at once
         self.batch_size = 1
         self._turn = 0
         self._redis_failing = False
@@ -156,6 +157,9 @@ class Worker:
                 # must pause the worker like any Redis error, not end it.
                 except (RedisError, QueueUnavailable) as exc:
                     self._redis_trouble(exc)
+        except ForcedStop:
+            self.forced = True
+            raise
         finally:
             self._shutdown()
         return self.processed
@@ -225,6 +229,10 @@ class Worker:
         taken = self._take_waiting(limit)
         if taken is not None:
             return taken
+        # Nothing waiting: let the batch recorded behind finish first. Its
+        # retries reach the delayed set only with its acknowledgement, and a
+        # burst run must see them before it decides it is done.
+        self.executor.settle()
         timeout = mq_settings.MQ_BLOCK_SECONDS
         promote = self.chores[PROMOTE]
         if self.burst:
@@ -271,6 +279,11 @@ class Worker:
         time.sleep(backoff_delay(self._redis_errors, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX))
         self._redis_errors += 1
         try:
+            # The batch being recorded behind keeps its items until then.
+            self.executor.settle()
+        except (RedisError, QueueUnavailable):
+            pass  # its items go back below, and come back as duplicates acknowledged unrun
+        try:
             if self.pool is not None and self.pool.busy:
                 # Not while slots run tasks: what they hold must not run twice.
                 self.pool.release_when_idle = True
@@ -304,6 +317,13 @@ class Worker:
     def _shutdown(self):
         if self.pool is not None:
             self._drain_pool(self.pool)  # under a live lease: the heartbeat still runs
+        if not self.forced:  # the batch recorded behind may wait out a database outage
+            try:
+                self.executor.close()  # before its items are released
+            except (RedisError, QueueUnavailable) as exc:
+                self._log_redis_down(exc)
+            except Exception:  # the rest of the shutdown still runs
+                logger.exception("event=record_behind_failed worker=%s", self.worker_id)
         self.heartbeat.stop()
         self.heartbeat.tell_stopping()
         try:

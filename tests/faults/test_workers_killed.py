@@ -4,11 +4,13 @@ ends final exactly once in history, the attempts say what really happened,
 and no processing list keeps anything."""
 
 import signal
+import time
 
 import pytest
+from django.db import connection
 
 from tasks.models import TaskRecord, TaskStatus
-from tests.faults.conftest import all_final, executions, redis_leftovers
+from tests.faults.conftest import all_final, executions, kill, redis_leftovers
 from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
@@ -65,3 +67,65 @@ def test_killed_after_a_run_inside_a_batch(redis_client, start_worker, tmp_path)
     assert found == expected
     assert TaskRecord.objects.filter(id__in=ids.values(), status=TaskStatus.SUCCESSFUL).count() == 40
     wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
+
+
+recorded_behind = pytest.mark.skipif(connection.vendor != "postgresql", reason="batches are recorded behind on PostgreSQL only")
+
+
+def frozen_behind(start_worker, runs):
+    """40 tasks and a victim whose record thread froze after writing its
+    second batch (t1..t10), before taking it off the processing list; its
+    main thread ran t11..t20 meanwhile, then waits for the frozen record.
+    Returns (victim, {line: task id})."""
+    ids = enqueue_lines(runs, 40)
+    # Batches of ten once the first (t0, alone) has shown the tasks are fast.
+    victim = start_worker("victim", fault="after_record/freeze:2", settings={"MQ_MAX_BATCH": 10})
+    # The next batch ran while the one before it was being recorded: with
+    # the record in the main thread, this never happens.
+    wait_for(lambda: set(executions(runs)) >= {f"t{i}" for i in range(21)}, timeout=30, message="t11..t20 run behind the frozen record")
+    time.sleep(0.5)  # nothing further starts: the next hand-over waits for the frozen record
+    assert set(executions(runs)) == {f"t{i}" for i in range(21)}
+    recorded = TaskRecord.objects.filter(id__in=[ids[f"t{i}"] for i in range(11)], status=TaskStatus.SUCCESSFUL)
+    assert recorded.count() == 11
+    return victim, ids
+
+
+def rescued_after_frozen_behind(redis_client, start_worker, runs, ids):
+    """A rescuer finishes: the recorded batch never runs again, the runs
+    that were not recorded run again, nothing is lost."""
+    start_worker("rescuer")
+    wait_for(all_final(ids.values()), timeout=30, message="the rescuer finishes everything")
+    ran = executions(runs)
+    attempts = dict(TaskRecord.objects.filter(id__in=ids.values()).values_list("id", "attempts"))
+    found = {line: (ran[line], attempts[task_id]) for line, task_id in ids.items()}
+    expected = {f"t{i}": (1, 1) for i in range(11)}  # recorded before the end: acknowledged unrun
+    expected.update({f"t{i}": (2, 2) for i in range(11, 21)})  # ran behind the record, unrecorded, ran again
+    expected.update({f"t{i}": (1, 1) for i in range(21, 40)})  # never taken by the victim
+    assert found == expected
+    wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
+
+
+@recorded_behind
+def test_killed_while_a_batch_is_recorded_behind(redis_client, start_worker, tmp_path):
+    """On PostgreSQL the worker records a batch on a thread of its own while
+    it runs the next (tasks.worker.record_behind). Killed while that record
+    is stuck, it loses nothing."""
+    runs = tmp_path / "runs.txt"
+    victim, ids = frozen_behind(start_worker, runs)
+    kill(victim)
+    rescued_after_frozen_behind(redis_client, start_worker, runs, ids)
+
+
+@recorded_behind
+def test_a_second_signal_ends_a_worker_waiting_for_its_record(redis_client, start_worker, tmp_path):
+    """The first SIGTERM waits for the record behind, as a warm shutdown
+    waits for the running task; a record that never ends (here frozen, in
+    real life a database outage) yields to the second, which exits at once."""
+    runs = tmp_path / "runs.txt"
+    victim, ids = frozen_behind(start_worker, runs)
+    victim.process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert victim.alive(), "the first signal waits for the record"
+    victim.process.send_signal(signal.SIGTERM)
+    assert victim.process.wait(10) == 128 + signal.SIGTERM
+    rescued_after_frozen_behind(redis_client, start_worker, runs, ids)

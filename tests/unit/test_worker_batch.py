@@ -57,7 +57,8 @@ def queue(redis):
 def worker(queue, clock):
     worker = Worker(worker_id="unit", burst=True, queues=[queue], clock=clock)
     worker.begin()
-    return worker
+    yield worker
+    worker.executor.close()  # the thread that records behind, on PostgreSQL, with its connection
 
 
 def enqueue(queue, task, *args):
@@ -259,6 +260,7 @@ def test_a_batch_taken_back_while_the_cancel_check_waited_is_not_run(worker, que
 
     monkeypatch.setattr(worker.executor.recorder, "cancel_requested_among", taken_back_meanwhile)
     assert worker.step() == 0
+    worker.executor.settle()  # on PostgreSQL the unclaim is written behind
     rows = TaskRecord.objects.filter(id__in=[e.id for e in envelopes])
     assert not rows.filter(status=TaskStatus.SUCCESSFUL).exists()
     assert set(rows.values_list("status", flat=True)) == {TaskStatus.READY}  # unclaimed, for whoever took them
