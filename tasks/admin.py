@@ -11,6 +11,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from tasks import registry
+from tasks.admin_display import status_badge_html
 from tasks.admin_filters import EnqueuedFilter, QueueFilter, TaskPathFilter
 from tasks.exceptions import QueueUnavailable, TaskAlreadyFinished
 from tasks.models import OPEN_STATUSES, REQUEUEABLE, PublishedMessage, ReceivedMessage, TaskRecord, TaskStatus
@@ -60,14 +61,6 @@ def _seconds(moment):
 
 def _preview(text):
     return Truncator(text).chars(80)
-
-
-def status_badge_html(status):
-    """A task status as the lists show it: a coloured badge (tasks/static/tasks/admin.css)
-    with the status's label in the reader's language. The task list and the
-    Schedules page's last outcome share it."""
-    label = TaskStatus(status).label if status in TaskStatus.values else status
-    return format_html('<span class="mq-status mq-status-{}">{}</span>', status.lower(), label)
 
 
 @admin.register(PublishedMessage)

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import gettext, ngettext
 
-from tasks.admin import status_badge_html
+from tasks.admin_display import status_badge_html
 from tasks.models import TaskRecord
 from tasks.schedules.models import ScheduleState
 from tasks.schedules.status import next_run
