@@ -15,6 +15,12 @@ Redis server (flushed between runs, no worker consuming). Configs:
 - with --variants, sqlite-w2/-w8/-gthread4x4 and the same for postgres: other
   worker counts and classes (GUNICORN_WORKERS, GUNICORN_WORKER_CLASS/THREADS)
 
+Beside the rates, each run reports the CPU time one request costs in each
+process group (the gunicorn tree, Redis, every PostgreSQL process, wrk),
+read from /proc around the measured wrk run. On a machine whose cores are
+all busy, the rate is about cores / that total: the figures say where a
+request's time goes, and what a target rate leaves for the app.
+
 Flask, Huey and Django 6 come from var/bench-venv (bench/run.py creates it;
 this script adds Flask). Only ratios within one round count: see bench/README.md.
 """
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -137,6 +144,47 @@ WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+),
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def process_table():
+    """{pid: (parent pid, uid, CPU seconds so far)} of every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name may hold spaces and parentheses: split after the last ")".
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            uid = entry.stat().st_uid
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(entry.name)] = (int(fields[1]), uid, (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def cpu_by_group(root_pid, redis_pid, postgres_uid):
+    """CPU seconds so far of: the tree under root_pid, the Redis server,
+    every process of the PostgreSQL user (server backends, WAL writer...)."""
+    table = process_table()
+    tree, frontier = set(), {root_pid}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, (parent, _, _) in table.items() if parent in frontier} - tree
+    return {
+        "app": sum(table[pid][2] for pid in tree if pid in table),
+        "redis": table.get(redis_pid, (0, 0, 0.0))[2],
+        "postgres": sum(cpu for _, uid, cpu in table.values() if uid == postgres_uid) if postgres_uid is not None else 0.0,
+    }
+
+
+def postgres_uid():
+    try:
+        import pwd
+
+        return pwd.getpwnam("postgres").pw_uid
+    except (ImportError, KeyError):
+        return None  # no local PostgreSQL user: its column stays 0
+
+
 def wrk(cfg, url, seconds, connections=10):
     env = {**os.environ, "BENCH_BODY": cfg["body"], "BENCH_TYPE": cfg["type"], "BENCH_TOKEN": cfg.get("token", "")}
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "bench" / "wrk_post.lua"), url + cfg["path"]]
@@ -151,7 +199,7 @@ def wrk(cfg, url, seconds, connections=10):
     return result
 
 
-def measure(name, cfg, redis_client, seconds, logdir, round_no):
+def measure(name, cfg, redis_client, seconds, logdir, round_no, redis_pid):
     port = free_port()
     env = {**os.environ, "GUNICORN_WORKERS": "4", **cfg["env"], "GUNICORN_BIND": f"127.0.0.1:{port}"}
     env.setdefault("GUNICORN_MAX_REQUESTS", "")
@@ -165,7 +213,16 @@ def measure(name, cfg, redis_client, seconds, logdir, round_no):
             time.sleep(0.2)
         wrk(cfg, url, 2)  # warm-up: every worker has imported and connected
         redis_client.flushall()
-        return wrk(cfg, url, seconds)
+        uid = postgres_uid()
+        before, wrk_before = cpu_by_group(process.pid, redis_pid, uid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = wrk(cfg, url, seconds)
+        after, wrk_after = cpu_by_group(process.pid, redis_pid, uid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        # wrk is the only child that ends between the two readings.
+        spent = {group: after[group] - before[group] for group in after}
+        spent["wrk"] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+        requests = result["rps"] * seconds
+        result["cpu_ms_per_request"] = {group: round(1000 * value / requests, 3) for group, value in spent.items()}
+        return result
     finally:
         stop(process)
 
@@ -214,7 +271,7 @@ def main():
         for round_no in range(args.rounds):
             order = names[round_no % len(names):] + names[: round_no % len(names)]
             for name in order:
-                result = measure(name, chosen[name], client, args.seconds, logdir, round_no)
+                result = measure(name, chosen[name], client, args.seconds, logdir, round_no, server.pid)
                 log(f"round {round_no + 1} {name}: {json.dumps(result)}")
                 runs.append({"round": round_no, "config": name, **result})
         report(runs, names)
@@ -244,6 +301,20 @@ def report(runs, names):
             ratios[base] = f"{statistics.median(values):.2f}×" if values else "-"
         print(f"| {name} | {statistics.median(rps):,.0f} ({min(rps):,.0f}..{max(rps):,.0f}) | {statistics.median(p50):.1f} | "
               f"{statistics.median(p99):.1f} ({max(p99):.1f}) | {errors} | {ratios['flask']} | {ratios['huey']} |")
+    groups = ("app", "redis", "postgres", "wrk")
+    print("\nCPU ms per request, medians over the rounds (app: the gunicorn master and workers;"
+          f" the machine has {os.cpu_count()} cores, so cores / total bounds the rate):\n")
+    print("| config | " + " | ".join(groups) + " | total | × flask's total |")
+    print("|---|" + "---:|" * (len(groups) + 2))
+    totals = {}
+    for name in names:
+        costs = [by[(k, name)]["cpu_ms_per_request"] for k in rounds if "cpu_ms_per_request" in by.get((k, name), {})]
+        if not costs:
+            continue
+        medians = [statistics.median(cost[group] for cost in costs) for group in groups]
+        totals[name] = statistics.median(sum(cost.values()) for cost in costs)
+        ratio = f"{totals[name] / totals['flask']:.2f}×" if "flask" in totals else "-"
+        print(f"| {name} | " + " | ".join(f"{value:.3f}" for value in medians) + f" | {totals[name]:.3f} | {ratio} |")
 
 
 if __name__ == "__main__":
