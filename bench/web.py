@@ -17,7 +17,8 @@ Redis server (flushed between runs, no worker consuming). Configs:
 
 Beside the rates, each run reports the CPU time one request costs in each
 process group (the gunicorn tree, Redis, every PostgreSQL process, wrk),
-read from /proc around the measured wrk run. On a machine whose cores are
+read from /proc around the measured wrk run (PostgreSQL is counted whole:
+run it on an otherwise idle server). On a machine whose cores are
 all busy, the rate is about cores / that total: the figures say where a
 request's time goes, and what a target rate leaves for the app.
 
@@ -157,7 +158,10 @@ def process_table():
             uid = entry.stat().st_uid
         except (OSError, IndexError):
             continue  # gone meanwhile
-        table[int(entry.name)] = (int(fields[1]), uid, (int(fields[11]) + int(fields[12])) / tick)
+        # utime, stime, and cutime, cstime: the CPU of children it has reaped,
+        # so a gunicorn worker recycled (or a PostgreSQL backend that ended)
+        # during the run still counts, in its parent.
+        table[int(entry.name)] = (int(fields[1]), uid, sum(map(int, fields[11:15])) / tick)
     return table
 
 
