@@ -136,9 +136,14 @@ class BatchExecutor:
 
     def close(self):
         """settle(), and end the thread that records behind."""
-        behind, self._behind = self._behind, None
-        if behind is not None:
-            behind.close()
+        if self._behind is not None:
+            self._behind.close()
+            self._behind = None  # kept when close() is interrupted: see recording_behind
+
+    @property
+    def recording_behind(self):
+        """Whether a batch handed to the record thread may still be committing."""
+        return self._behind is not None and self._behind.busy
 
     def begin_batch(self, queue, items, epoch):
         """What every batch does before its tasks, serial or in slots: sort

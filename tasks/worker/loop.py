@@ -317,9 +317,12 @@ class Worker:
     def _shutdown(self):
         if self.pool is not None:
             self._drain_pool(self.pool)  # under a live lease: the heartbeat still runs
+        interrupted = None
         if not self.forced:  # the batch recorded behind may wait out a database outage
             try:
                 self.executor.close()  # before its items are released
+            except ForcedStop as exc:  # the second signal, while a stuck record held the exit
+                self.forced, interrupted = True, exc
             except (RedisError, QueueUnavailable) as exc:
                 self._log_redis_down(exc)
             except Exception:  # the rest of the shutdown still runs
@@ -327,10 +330,17 @@ class Worker:
         self.heartbeat.stop()
         self.heartbeat.tell_stopping()
         try:
-            for queue in self.queues:
-                queue.release(self.worker_id)
+            # A forced stop leaves a record in flight that may still commit:
+            # items given back now could be claimed and run by another worker
+            # first. Kept in the processing list, they come back once the
+            # lease expires, when this process and its transaction are gone.
+            if not (self.forced and self.executor.recording_behind):
+                for queue in self.queues:
+                    queue.release(self.worker_id)
             presence.withdraw(self.client, "worker", self.worker_id)
         except RedisError as exc:
             logger.warning("event=release_failed worker=%s error=%r (the lease will expire)", self.worker_id, str(exc))
         close_old_connections()
         logger.info("event=worker_stop worker=%s processed=%d failed=%d", self.worker_id, self.processed, self.failed)
+        if interrupted is not None:
+            raise interrupted  # exit 128 + signal, as a forced stop does

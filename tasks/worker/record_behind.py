@@ -18,6 +18,10 @@ What still holds:
   runs of the batch in hand, not yet recorded, run again (at least once). The
   batch behind is either recorded, and its items come back as duplicates that
   are acknowledged unrun, or not, and it runs again.
+- The operator's second signal ends the worker even while it waits for a
+  stuck record (a database outage); it then gives back nothing, since the
+  record might still commit after another worker claimed the items: they
+  return when its lease expires.
 - An error of the thread's (Redis refusing the acknowledgement) is raised in
   the worker's loop at its next wait, where every Redis error is handled,
   once the batch that ran meanwhile is handed over to be recorded.
@@ -81,14 +85,29 @@ class RecordBehind:
         self._pending, self._pending_ids = None, frozenset()
         future.result()
 
+    @property
+    def busy(self):
+        """Whether a call may still be writing: handed over and not finished."""
+        return self._pending is not None and not self._pending.done()
+
     def close(self):
         """Wait for the call in flight, then end the thread and close its
-        database connections."""
+        database connections.
+
+        Interrupted while it waits (the operator's second signal, ForcedStop)
+        it leaves the thread alone: a record stuck on a database outage must
+        not hold the exit. The daemon thread ends with the process; what it
+        had not committed is rolled back with its connection.
+        """
+        error = None
         try:
             self.wait()
-        finally:
-            self._calls.put(None)
-            self._thread.join()
+        except Exception as exc:  # the call is over, and failed: the thread is free
+            error = exc
+        self._calls.put(None)
+        self._thread.join()
+        if error is not None:
+            raise error
 
     def _serve(self):
         while (call := self._calls.get()) is not None:
