@@ -315,7 +315,7 @@ class Worker:
         self._redis_failing = True
 
     def _shutdown(self):
-        if self.pool is not None:
+        if self.pool is not None and not self.forced:
             self._drain_pool(self.pool)  # under a live lease: the heartbeat still runs
         interrupted = None
         if not self.forced:  # the batch recorded behind may wait out a database outage
@@ -330,11 +330,13 @@ class Worker:
         self.heartbeat.stop()
         self.heartbeat.tell_stopping()
         try:
-            # A forced stop leaves a record in flight that may still commit:
-            # items given back now could be claimed and run by another worker
-            # first. Kept in the processing list, they come back once the
-            # lease expires, when this process and its transaction are gone.
-            if not (self.forced and self.executor.recording_behind):
+            # A forced stop leaves tasks running in slots, or a record in
+            # flight that may still commit: items given back now could be
+            # claimed and run by another worker meanwhile. Kept in the
+            # processing list, they come back once the lease expires, when
+            # this process, its tasks and its transaction are gone.
+            still_running = self.pool is not None and self.pool.busy
+            if not (self.forced and (still_running or self.executor.recording_behind)):
                 for queue in self.queues:
                     queue.release(self.worker_id)
             presence.withdraw(self.client, "worker", self.worker_id)

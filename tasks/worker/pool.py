@@ -48,7 +48,7 @@ from tasks.queue.backend import context_result, finished_result
 from tasks.signals import task_finished, task_started
 from tasks.worker.aio import EventLoopSlots
 from tasks.worker.context import TaskControl
-from tasks.worker.executor import ack_arguments, utcnow
+from tasks.worker.executor import CANCEL_CHECK_SECONDS, ack_arguments, utcnow
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import LIMIT_GRACE_SECONDS
 from tasks.worker.outcomes import Ack
@@ -106,6 +106,7 @@ class SlotPool:
         self._unacked: list = []
         self.release_when_idle = False
         self.closing = False  # draining: nothing that waits starts any more
+        self._cancels_checked = time.monotonic()
 
     # --- one turn of the worker's loop ----------------------------------------
     def step(self):
@@ -115,6 +116,7 @@ class SlotPool:
         if self.release_when_idle and not self.busy:
             self._release()
         self.collect()
+        self._skip_cancelled()
         worker.chores.run_due(worker.clock())
         free = self.size + self.reserve() - self.busy
         if worker.max_tasks is not None:
@@ -245,9 +247,41 @@ class SlotPool:
         return started
 
     def _submit(self, job, task=None):
-        task = task or registry.get(job.envelope.task)
         self.busy += 1
-        (self.loop if iscoroutinefunction(task.func) else self.threads).submit(job)
+        self._line_for(job, task).submit(job)
+
+    def _line_for(self, job, task=None):
+        """Where ``job`` waits for a slot: the event loop's line for an
+        ``async def`` task, the threads' for the others."""
+        task = task or registry.get(job.envelope.task)
+        return self.loop if iscoroutinefunction(task.func) else self.threads
+
+    def _skip_cancelled(self):
+        """Once per CANCEL_CHECK_SECONDS while jobs wait for a slot (the
+        reserve, behind tasks slower than the recent ones): those cancelled
+        since their claim are taken back and recorded CANCELLED unrun, as a
+        serial batch skips them. One query for all of them."""
+        now = time.monotonic()
+        if now < self._cancels_checked + CANCEL_CHECK_SECONDS:
+            return
+        self._cancels_checked = now
+        waiting = self.threads.waiting() + self.loop.waiting()
+        if not waiting:
+            return
+        executor = self.executor
+        cancelled = executor.db(executor.recorder.cancel_requested_among, [job.envelope.id for job in waiting])
+        if not cancelled:
+            return
+        skipped = []
+        for job in self.threads.withdraw() + self.loop.withdraw():  # what started meanwhile is not here
+            if job.envelope.id in cancelled:
+                skipped.append(job)
+            else:
+                self._line_for(job).submit(job)  # back in its line, in its order
+        try:
+            self._record([(job, executor.cancelled(job.envelope), None) for job in skipped])
+        finally:
+            self.busy -= len(skipped)
 
     def _may_start(self, job):
         """Asked by a thread holding a slot, before it runs ``job``."""
@@ -285,22 +319,29 @@ class SlotPool:
         task = registry.get(envelope.task)
         assert task is not None
         started_at, since = utcnow(), time.monotonic()
-        started(envelope.task, limit)
-        control = None
+        control = timeout = None
         result = error = None
         try:
             with task_context(envelope.id, envelope.task):
-                async with asyncio.timeout(limit) as deadline:
+                # No deadline of its own: the loop's Deadline (tasks.worker.aio)
+                # expires it, crediting the time other tasks blocked the loop.
+                async with asyncio.timeout(None) as timeout:
+                    deadline = started(envelope.task, limit, timeout)
                     if task.takes_context:
                         control = TaskControl(envelope.id, executor.recorder)
                         context = executor.context(task, envelope, attempt, started_at, control)
                         value = await task.func(context, *envelope.args, **envelope.kwargs)
                     else:
                         value = await task.func(*envelope.args, **envelope.kwargs)
+                if deadline is not None and deadline.overdue():
+                    # It blocked the loop past the point where it is given up:
+                    # no timer could run meanwhile to cancel or abandon it.
+                    raise TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s) blocking the event loop, where no cancellation reaches it")
                 result = executor.storable(value)
         except TimeoutError as exc:
-            # deadline.expired(): our limit, not a TimeoutError of the task's own
-            ended = TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s): cancelled") if deadline.expired() else exc
+            # timeout.expired(): our limit, not a TimeoutError of the task's own
+            ours = timeout is not None and timeout.expired()
+            ended = TaskTimeLimitExceeded(f"task exceeded its time limit ({limit} s): cancelled") if ours else exc
             error = executor.error_of(ended, attempt)
         except BaseException as exc:  # as in the thread slots: whatever task code raises is its failure
             error = executor.error_of(exc, attempt)

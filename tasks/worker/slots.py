@@ -37,8 +37,8 @@ class SlotAbandoned(Exception):
     """A task's thread did not stop at its time limit; ``since`` is the
     time.monotonic() its run started."""
 
-    def __init__(self, since, limit):
-        super().__init__(f"task exceeded its time limit ({limit} s) inside a call no exception interrupts; its thread was abandoned")
+    def __init__(self, since, limit, how="inside a call no exception interrupts; its thread was abandoned"):
+        super().__init__(f"task exceeded its time limit ({limit} s) {how}")
         self.since = since
 
 
@@ -128,7 +128,7 @@ class ThreadSlots:
         self._done = done
         self._slots = slots
         self._may_start = may_start
-        self._jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._jobs: queue_module.Queue = queue_module.Queue()  # a Queue, not a SimpleQueue: waiting() reads it
         self._threads: list[threading.Thread] = []
         self._guards: list[SlotGuard] = []
         self._lock = threading.Lock()
@@ -160,6 +160,11 @@ class ThreadSlots:
 
     def running(self):
         return [guard.running for guard in self._guards if guard.running is not None]
+
+    def waiting(self):
+        """The submitted jobs no thread has picked up yet (a copy)."""
+        with self._jobs.mutex:
+            return [job for job in self._jobs.queue if job is not None]
 
     def withdraw(self):
         """The submitted jobs no thread has picked up yet, taken back."""

@@ -143,3 +143,83 @@ def holds_the_gil_once(label, seconds, go_key):
         time.sleep(0.05)
     pattern.match("a" * n)
     return label
+
+
+# --- tasks that misbehave in a slot (tests/faults/test_slots_misbehaving_tasks.py)
+
+
+def _note(path, line):
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+
+
+@task
+async def async_subtask_raises(path, kind):
+    """An async def task whose sub-task (asyncio.gather / wait_for make one)
+    ends with SystemExit or KeyboardInterrupt, as sys.exit() in a library
+    call would."""
+    import asyncio
+
+    _note(path, "started")
+
+    async def inner():
+        await asyncio.sleep(0)
+        if kind == "exit":
+            sys.exit(3)
+        raise KeyboardInterrupt("raised in a sub-task")
+
+    await asyncio.gather(inner())
+    return "unreachable"
+
+
+@task
+async def async_ignores_cancel(path, seconds):
+    """Swallows the cancellation its time limit sends, and goes on awaiting
+    for ``seconds``: the async twin of a thread that catches the limit."""
+    import asyncio
+
+    _note(path, "started")
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            _note(path, "cancel-ignored")
+    return "finished"
+
+
+@task
+def thread_ignores_limit(path, seconds):
+    """The thread twin: catches BaseException (the limit's exception too)."""
+    _note(path, "started")
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # noqa: BLE001, S110
+            _note(path, "limit-ignored")
+    return "finished"
+
+
+@task
+async def async_blocks_loop(path, seconds):
+    """Blocks the event loop in time.sleep, never awaiting."""
+    _note(path, "started")
+    time.sleep(float(seconds))
+    _note(path, "ended")
+    return "blocked"
+
+
+@task
+async def async_raises_base(kind):
+    """Raises a BaseException that is no Exception, directly in the coroutine."""
+    import asyncio
+
+    await asyncio.sleep(0)
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt("async")
+    if kind == "generator_exit":
+        raise GeneratorExit("async")
+    raise NotAnException("async")
