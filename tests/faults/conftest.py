@@ -26,6 +26,18 @@ if os.environ.get("MQ_FAULT_CONCURRENCY"):
     FAULT_SETTINGS["MQ_WORKER_CONCURRENCY"] = int(os.environ["MQ_FAULT_CONCURRENCY"])
 
 
+def serial():
+    """Whether the workers these tests start run one task at a time."""
+    return FAULT_SETTINGS.get("MQ_WORKER_CONCURRENCY", 1) == 1
+
+
+# For tests that pin a serial worker's steps: which task a fault point
+# strikes, what a batch leaves unstarted, a record behind. With slots the
+# same guarantees are pinned by tests/test_concurrency.py (SIGKILL mid-run,
+# warm shutdown) and tests/faults/test_slots_misbehaving_tasks.py.
+serial_only = pytest.mark.skipif(not serial(), reason="pins the serial worker's steps")
+
+
 class WorkerProcess:
     def __init__(self, process, log_path, worker_id):
         self.process = process

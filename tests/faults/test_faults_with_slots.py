@@ -1,6 +1,11 @@
 """A cheap subset of the fault suite again, with workers that run four tasks
 at once (--concurrency through MQ_WORKER_CONCURRENCY). The whole suite runs
-so with MQ_FAULT_CONCURRENCY=4 (see conftest.py)."""
+so with MQ_FAULT_CONCURRENCY=4 (see conftest.py): there, the tests that pin
+a serial worker's steps are skipped (conftest.serial_only), and the others
+check what the guarantees say of slots.
+
+    MQ_FAULT_CONCURRENCY=4 .venv/bin/python -m pytest -m faults
+"""
 
 import pytest
 

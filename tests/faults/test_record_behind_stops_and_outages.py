@@ -15,7 +15,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from tasks.models import TaskRecord, TaskStatus
-from tests.faults.conftest import all_final, executions, redis_leftovers
+from tests.faults.conftest import all_final, executions, redis_leftovers, serial_only
 from tests.faults.fault_tasks import slow_append
 from tests.faults.test_database_trouble import terminate, waiting_on_a_lock
 from tests.fixture_tasks import append_to_file, nap_and_note
@@ -26,6 +26,7 @@ pytestmark = [
     pytest.mark.faults,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(connection.vendor != "postgresql", reason="batches are recorded behind on PostgreSQL only"),
+    serial_only,
 ]
 
 

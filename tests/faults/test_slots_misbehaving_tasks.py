@@ -106,7 +106,6 @@ def test_an_async_task_that_ignores_its_cancel_is_given_up_and_sigterm_exits(sta
     on. Its slot must free as the thread's does, and a SIGTERM must end the
     worker (the thread twin above gets both)."""
     path = tmp_path / "runs"
-    naps = tmp_path / "naps"
     options = {"MQ_MAX_ATTEMPTS": 1, "MQ_TASK_OPTIONS": {"tests.faults.fault_tasks.async_ignores_cancel": {"time_limit": 1}}}
     stubborn = async_ignores_cancel.enqueue(str(path), 3600).id
     worker = start_worker("async-stubborn", "--concurrency", "2", settings=options)
@@ -192,11 +191,13 @@ def test_a_reserve_item_cancelled_before_it_starts_never_runs(start_worker, tmp_
 
     fast, slow, marks = tmp_path / "fast", tmp_path / "slow", tmp_path / "marks"
     worker = start_worker("reserve-cancel", "--concurrency", "2")
-    fast_ids = [nap_and_note.enqueue(str(fast), f"f{i}", 0.005).id for i in range(60)]
+    for i in range(60):
+        nap_and_note.enqueue(str(fast), f"f{i}", 0.005)
     # Behind the fast ones at once: the reserve (2 with tasks of 5 ms) takes them too.
-    slow_ids = [nap_and_note.enqueue(str(slow), f"s{i}", 8).id for i in range(2)]
+    for i in range(2):
+        nap_and_note.enqueue(str(slow), f"s{i}", 8)
     mark_ids = [nap_and_note.enqueue(str(marks), f"m{i}", 0.01).id for i in range(2)]
-    wait_for(lambda: len([l for l in lines(slow) if l.startswith("begin:")]) == 2, timeout=20, message="both slow tasks running")
+    wait_for(lambda: len([line for line in lines(slow) if line.startswith("begin:")]) == 2, timeout=20, message="both slow tasks running")
     time.sleep(0.3)
     waiting = [i for i, r in rows(mark_ids).items() if r.status == TaskStatus.RUNNING]
     assert not lines(marks)

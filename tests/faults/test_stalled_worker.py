@@ -9,12 +9,13 @@ import os
 import signal
 
 import pytest
+from django.db import connection
 
 from tasks.queue import keys
 from tasks.queue.backend import new_task_id, queue_for
 from tasks.queue.envelope import Envelope, now_iso
 from tasks.models import TaskRecord, TaskStatus
-from tests.faults.conftest import QUEUE, all_final, redis_leftovers, runs_counted
+from tests.faults.conftest import QUEUE, all_final, redis_leftovers, runs_counted, serial
 from tests.faults.fault_tasks import counted, holds_the_gil_once, stops_its_worker_once
 from tests.processes import wait_for
 
@@ -41,6 +42,15 @@ def process_state(pid):
 
 def assert_nothing_ran_twice_that_had_not_started(redis_client, ids):
     runs = runs_counted(redis_client)
+    if not serial():
+        # Slots ran tasks beside t5, and their records may not have committed
+        # before the stall: any of them may run again, none more than twice
+        # (the stalled run and the rescuer's), and history holds each once.
+        assert all(1 <= runs[label] <= 2 for label in ids), runs
+        rows = TaskRecord.objects.filter(id__in=ids.values())
+        assert rows.count() == COUNT and set(rows.values_list("status", flat=True)) == {TaskStatus.SUCCESSFUL}
+        wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
+        return
     # Recorded before the stall: never again.
     assert runs["t0"] == 1
     # Run but not yet recorded when the stall came, or running: may run again.
@@ -55,6 +65,11 @@ def assert_nothing_ran_twice_that_had_not_started(redis_client, ids):
     wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
 
 
+@pytest.mark.skipif(
+    not serial() and connection.vendor == "sqlite",
+    reason="SIGSTOP lands while the main thread records its slots' tasks, and a process frozen inside a SQLite "
+    "write holds the database's one write lock for every process (PostgreSQL locks only those rows)",
+)
 def test_a_worker_stopped_past_its_lease_does_not_rerun_what_another_finished(redis_client, start_worker):
     ids = enqueue_batch(stops_its_worker_once)
     stalled = start_worker("stalled", "--burst", settings=STALLED_SETTINGS)
@@ -65,8 +80,9 @@ def test_a_worker_stopped_past_its_lease_does_not_rerun_what_another_finished(re
     assert stalled.process.wait(30) == 0, stalled.log()
     assert "dead_worker=stalled" in rescuer.log()
     assert_nothing_ran_twice_that_had_not_started(redis_client, ids)
-    later = TaskRecord.objects.filter(id__in=[ids[f"t{i}"] for i in range(STALL_AT + 1, COUNT)])
-    assert set(later.values_list("worker", flat=True)) == {"rescuer"}
+    if serial():  # slots may have started some of them beside t5
+        later = TaskRecord.objects.filter(id__in=[ids[f"t{i}"] for i in range(STALL_AT + 1, COUNT)])
+        assert set(later.values_list("worker", flat=True)) == {"rescuer"}
 
 
 def test_a_task_holding_the_gil_past_the_lease_does_not_make_its_batch_run_twice(

@@ -11,7 +11,7 @@ from django.db import connection
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue import keys
-from tests.faults.conftest import QUEUE, all_final, executions, kill, redis_leftovers
+from tests.faults.conftest import QUEUE, all_final, executions, kill, redis_leftovers, serial_only
 from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
@@ -32,6 +32,7 @@ def killed_then_rescued(start_worker, fault, settings=None):
 #   after_take: killed before the claim, so that run never started or counted;
 #   after_run: it ran, unrecorded, so it runs again: two runs, two attempts;
 #   after_record: recorded SUCCESSFUL before the kill, so it is never rerun.
+@serial_only
 @pytest.mark.parametrize("fault, struck", [("after_take:3", (1, 1)), ("after_run:3", (2, 2)), ("after_record:3", (1, 1))])
 def test_killed_at_each_step_one_task_at_a_time(fault, struck, redis_client, start_worker, tmp_path):
     runs = tmp_path / "runs.txt"
@@ -49,6 +50,7 @@ def test_killed_at_each_step_one_task_at_a_time(fault, struck, redis_client, sta
     assert "event=recovered" in rescuer.log() and "dead_worker=victim" in rescuer.log()
 
 
+@serial_only
 def test_killed_after_a_run_inside_a_batch(redis_client, start_worker, tmp_path):
     """Batches are claimed together and recorded together: a kill after the
     5th run loses the records of every run of its batch (they run again), and
@@ -107,6 +109,7 @@ def rescued_after_frozen_behind(redis_client, start_worker, runs, ids):
 
 
 @recorded_behind
+@serial_only
 def test_killed_while_a_batch_is_recorded_behind(redis_client, start_worker, tmp_path):
     """On PostgreSQL the worker records a batch on a thread of its own while
     it runs the next (tasks.worker.record_behind). Killed while that record
@@ -118,6 +121,7 @@ def test_killed_while_a_batch_is_recorded_behind(redis_client, start_worker, tmp
 
 
 @recorded_behind
+@serial_only
 def test_a_second_signal_ends_a_worker_waiting_for_its_record(redis_client, start_worker, tmp_path):
     """The first SIGTERM waits for the record behind, as a warm shutdown
     waits for the running task; a record that never ends (here frozen, in
