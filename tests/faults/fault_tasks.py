@@ -98,13 +98,18 @@ class NotAnException(BaseException):
 def raises_base_exception(label, kind):
     """Counts its run, then ends it with an exception that is no Exception."""
     count_run(label)
+    raise_base(kind, f"{label}: raised by the task itself")
+
+
+def raise_base(kind, message):
+    """Raise the BaseException that is no Exception named by ``kind``."""
     if kind == "exit":
         sys.exit(3)
     if kind == "interrupt":
-        raise KeyboardInterrupt("raised by the task itself")
+        raise KeyboardInterrupt(message)
     if kind == "generator_exit":
-        raise GeneratorExit("raised by the task itself")
-    raise NotAnException(f"{label} is no Exception")
+        raise GeneratorExit(message)
+    raise NotAnException(message)
 
 
 @task
@@ -216,10 +221,4 @@ async def async_raises_base(kind):
     import asyncio
 
     await asyncio.sleep(0)
-    if kind == "exit":
-        sys.exit(3)
-    if kind == "interrupt":
-        raise KeyboardInterrupt("async")
-    if kind == "generator_exit":
-        raise GeneratorExit("async")
-    raise NotAnException("async")
+    raise_base(kind, "raised by an async task itself")
