@@ -2,7 +2,7 @@
 """I/O-bound drain: one worker process, tasks that wait 20 ms, mqsite's
 --concurrency against the peers' thread pools, with each worker's memory.
 
-usage: io.py [--n 1000] [--runs 3] [--seconds 0.02] [--peers huey,dramatiq,celery] [--no-serial]
+usage: io.py [--n 1000] [--runs 3] [--seconds 0.02] [--peers huey,dramatiq,celery] [--no-serial] [--only TEXT]
 
 Each config drains N tasks that sleep (or, for mqsite's async rows, await
 asyncio.sleep) SECONDS each, from a queue filled before the worker starts;
@@ -122,6 +122,7 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=0.02, help="each task's wait (default 0.02)")
     parser.add_argument("--peers", default="huey,dramatiq,celery", help="comma list, or none")
     parser.add_argument("--no-serial", action="store_true", help="leave out mqsite --concurrency 1 (N x 20 ms)")
+    parser.add_argument("--only", help="run only the mqsite configs whose label contains this (e.g. 'async')")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--peers-venv", type=Path, default=VAR.parent / "bench-venv")
     parser.add_argument("--out", type=Path, default=VAR / "io-results.json")
@@ -144,7 +145,8 @@ def main():
     mq = MqConfig("sqlite", f"sqlite:///{logdir / 'io.sqlite3'}", server.url, logdir)
     mq.env.update(DJANGO_SETTINGS_MODULE="bench.io_settings", IO_DONE_FILE=str(done_file))
     mq.setup()
-    configs = [("mq", *c) for c in MQ_CONFIGS + ([] if args.no_serial else [SERIAL])]
+    configs = [("mq", *c) for c in MQ_CONFIGS + ([] if args.no_serial else [SERIAL])
+               if args.only is None or args.only in c[0]]
     configs += [("peer", name) for name in peers]
     results = {}
     try:
