@@ -102,3 +102,33 @@ def test_an_event_loop_on_it_runs_timers_and_sockets():
         assert loop.run_until_complete(main()) == b"ping"
     finally:
         loop.close()
+
+
+def test_two_hundred_connections_at_once_each_get_their_answer():
+    """Many descriptors ready at the same time, and between waits: each
+    reader hears its own writer, none is lost or crossed."""
+
+    async def echo(reader, writer):
+        writer.write(await reader.readexactly(8))
+        await writer.drain()
+        writer.close()
+
+    async def client(port, n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.001 * (n % 7))  # the writes spread over several waits
+        writer.write(f"{n:08d}".encode())
+        answer = await reader.readexactly(8)
+        writer.close()
+        return int(answer)
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=256)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await asyncio.gather(*(client(port, n) for n in range(200)))
+
+    loop = asyncio.SelectorEventLoop(PreciseEpollSelector())
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), 60)) == list(range(200))
+    finally:
+        loop.close()
