@@ -81,8 +81,10 @@ def frozen_behind(start_worker, runs):
     main thread ran t11..t20 meanwhile, then waits for the frozen record.
     Returns (victim, {line: task id})."""
     ids = enqueue_lines(runs, 40)
-    # Batches of ten once the first (t0, alone) has shown the tasks are fast.
-    victim = start_worker("victim", fault="after_record/freeze:2", settings={"MQ_MAX_BATCH": 10})
+    # Batches of ten once the first (t0, alone) has shown the tasks are fast:
+    # the target is long enough that a slow first run (a loaded machine) does
+    # not make the second batch shorter.
+    victim = start_worker("victim", fault="after_record/freeze:2", settings={"MQ_MAX_BATCH": 10, "MQ_BATCH_TARGET_SECONDS": 10.0})
     # The next batch ran while the one before it was being recorded: with
     # the record in the main thread, this never happens.
     wait_for(lambda: set(executions(runs)) >= {f"t{i}" for i in range(21)}, timeout=30, message="t11..t20 run behind the frozen record")
