@@ -11,10 +11,10 @@ not interrupted at all: there the systemd watchdog is the backstop (the
 worker stops vouching for a task past its limit).
 """
 
-import ctypes
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
+from functools import cache
 
 
 class TaskTimeLimitExceeded(BaseException):
@@ -67,16 +67,25 @@ def _limited(seconds):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+@cache
+def _async_exc():
+    """The C API's PyThreadState_SetAsyncExc, and ctypes' py_object (whose
+    empty instance is the NULL that withdraws a pending exception)."""
+    import ctypes  # lazy: 0.2 MiB of every worker, needed only once a thread overruns its limit
+
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+    return set_async_exc, ctypes.py_object
 
 
 def interrupt_thread(ident):
     """Raise TaskTimeLimitExceeded in thread ``ident`` at its next Python
     instruction; True if that thread exists."""
-    return _set_async_exc(ident, TaskTimeLimitExceeded) == 1
+    set_async_exc, _ = _async_exc()
+    return set_async_exc(ident, TaskTimeLimitExceeded) == 1
 
 
 def withdraw_interrupt(ident):
     """Drop an interrupt_thread() not delivered yet (the task ended first)."""
-    _set_async_exc(ident, ctypes.py_object())
+    set_async_exc, py_object = _async_exc()
+    set_async_exc(ident, py_object())
