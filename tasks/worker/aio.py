@@ -43,8 +43,10 @@ class PreciseEpollSelector(selectors.EpollSelector):
     readable when one of its own is ready: wait on it with select(), then
     collect the events from epoll without waiting. epoll still watches every
     socket of the tasks; select() sees only its one descriptor, which must be
-    below FD_SETSIZE (it is created as the worker starts): past it, epoll's
-    own wait."""
+    below FD_SETSIZE. It is created with the loop, at the worker's first async
+    task; in a process that has more descriptors open by then, the selector
+    falls back to epoll's own wait (the milliseconds come back, nothing else
+    changes)."""
 
     _precise = True
 
