@@ -37,6 +37,29 @@ def high_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def run_on_precise_loop(coroutine):
+    """Run ``coroutine`` to its end on a loop of its own over the selector,
+    in a thread of its own, as the worker does (and because the main thread
+    may hold another running loop: Playwright's, in the browser tests)."""
+    outcome = {}
+
+    def serve():
+        loop = asyncio.SelectorEventLoop(PreciseEpollSelector())
+        try:
+            outcome["result"] = loop.run_until_complete(asyncio.wait_for(coroutine, 60))
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def ready_pair_events(selector):
     """A socket made readable, then selected: the event must come back, at
     once (a timeout of an hour: a lost event would hang the test)."""
@@ -97,11 +120,7 @@ def test_an_event_loop_on_it_runs_timers_and_sockets():
             loop.call_later(0.01, right.send, b"ping")
             return await loop.sock_recv(left, 4)
 
-    loop = asyncio.SelectorEventLoop(PreciseEpollSelector())
-    try:
-        assert loop.run_until_complete(main()) == b"ping"
-    finally:
-        loop.close()
+    assert run_on_precise_loop(main()) == b"ping"
 
 
 def test_two_hundred_connections_at_once_each_get_their_answer():
@@ -127,8 +146,4 @@ def test_two_hundred_connections_at_once_each_get_their_answer():
         async with server:
             return await asyncio.gather(*(client(port, n) for n in range(200)))
 
-    loop = asyncio.SelectorEventLoop(PreciseEpollSelector())
-    try:
-        assert loop.run_until_complete(asyncio.wait_for(main(), 60)) == list(range(200))
-    finally:
-        loop.close()
+    assert run_on_precise_loop(main()) == list(range(200))
