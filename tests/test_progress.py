@@ -57,3 +57,26 @@ def test_progress_must_be_numbers():
         control.set_progress("3")
     with pytest.raises(TypeError):
         control.set_progress(3, total="10")
+
+
+def test_an_async_task_s_context_helper_ends_with_the_worker_s_loop(redis_client, tmp_path):
+    """An async def task's context queries run on a helper thread with its own
+    connection; a worker that stops ends it, so no connection outlives it (in
+    this process, it kept the test database busy at teardown)."""
+    import threading
+
+    from django.db import connections
+
+    from tests.fixture_tasks import async_until_cancelled
+
+    result = async_until_cancelled.enqueue(str(tmp_path / "started"), 0.2)
+    assert Worker(burst=True, concurrency=2).run() == 1
+    row = TaskRecord.objects.get(id=result.id)
+    assert row.status == TaskStatus.SUCCESSFUL and row.progress["text"].startswith("turn ")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("mq-context-db")]
+    # A second worker in the same process starts a new helper.
+    again = async_until_cancelled.enqueue(str(tmp_path / "again"), 0.05)
+    assert Worker(burst=True, concurrency=2).run() == 1
+    assert TaskRecord.objects.get(id=again.id).progress["text"].startswith("turn ")
+    assert task_context._off_loop is None
+    connections.close_all()

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 
+from tasks.worker.context import shutdown_off_loop
 from tasks.worker.slots import ABANDON_AFTER_SECONDS, NotStarted, Running, SlotAbandoned
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class EventLoopSlots:
         assert self._thread is not None
         self._thread.join()
         self._loop.close()
+        shutdown_off_loop()  # the context's queries ran there for this loop's tasks
 
     def _start(self):
         loop = asyncio.SelectorEventLoop(PreciseEpollSelector())

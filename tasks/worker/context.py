@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from numbers import Real
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from tasks.compat import TaskContext
 
@@ -46,15 +46,31 @@ def _query(call, *args):
     except RuntimeError:
         return call(*args)
     global _off_loop
-    with _off_loop_lock:
+    with _off_loop_lock:  # submitted under the lock: never to a helper being shut down
         if _off_loop is None:
             _off_loop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mq-context-db")
-    return _off_loop.submit(_fresh_connection_call, call, *args).result()
+        answer = _off_loop.submit(_fresh_connection_call, call, *args)
+    return answer.result()
 
 
 def _fresh_connection_call(call, *args):
     close_old_connections()  # the helper lives long: honour CONN_MAX_AGE and health checks
     return call(*args)
+
+
+def shutdown_off_loop():
+    """End the helper thread of ``_query`` and close its database connection.
+
+    Called when a worker's event loop stops: an open connection outlives the
+    loop otherwise (in a test process, it keeps the test database busy at
+    teardown). A later ``async def`` task starts a new helper.
+    """
+    global _off_loop
+    with _off_loop_lock:
+        helper, _off_loop = _off_loop, None
+    if helper is not None:
+        helper.submit(connections.close_all).result()
+        helper.shutdown(wait=True)
 
 
 class TaskControl:
