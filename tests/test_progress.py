@@ -80,3 +80,34 @@ def test_an_async_task_s_context_helper_ends_with_the_worker_s_loop(redis_client
     assert TaskRecord.objects.get(id=again.id).progress["text"].startswith("turn ")
     assert task_context._off_loop is None
     connections.close_all()
+
+
+
+def test_a_busy_context_helper_does_not_hold_up_the_stop(caplog):
+    """A query still running on the helper (for a thread abandoned at its
+    limit, its database hanging) does not keep a stopping worker waiting."""
+    import asyncio
+    import threading
+    import time
+
+    release = threading.Event()
+
+    async def context_call_from_a_loop():
+        task_context._query(release.wait, 30)  # from a running loop: it goes to the helper
+
+    caller = threading.Thread(target=asyncio.run, args=(context_call_from_a_loop(),), daemon=True)
+    caller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while task_context._off_loop is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert task_context._off_loop is not None
+        started = time.monotonic()
+        task_context.shutdown_off_loop(wait_seconds=0.2)
+        assert time.monotonic() - started < 5  # not the 30 s the query would take
+        assert task_context._off_loop is None
+        assert "event=context_helper_busy" in caplog.text
+    finally:
+        release.set()
+        caller.join(10)
+    assert not caller.is_alive()

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 CHECK_SECONDS = 0.5
 # A progress text is a status line, not a log.
 MAX_PROGRESS_TEXT = 200
+# How long a stopping loop waits for the context helper's connection to close.
+CLOSE_WAIT_SECONDS = 5.0
 
 
 _off_loop_lock = threading.Lock()
@@ -58,19 +60,29 @@ def _fresh_connection_call(call, *args):
     return call(*args)
 
 
-def shutdown_off_loop():
+def shutdown_off_loop(wait_seconds=CLOSE_WAIT_SECONDS):
     """End the helper thread of ``_query`` and close its database connection.
 
     Called when a worker's event loop stops: an open connection outlives the
     loop otherwise (in a test process, it keeps the test database busy at
     teardown). A later ``async def`` task starts a new helper.
+
+    The helper may still be in a query for a thread abandoned at its time
+    limit (a sync task running a loop of its own, its database hanging): the
+    stop waits ``wait_seconds`` for the close at most, and otherwise leaves
+    the helper to end with the process, as the abandoned thread is.
     """
     global _off_loop
     with _off_loop_lock:
         helper, _off_loop = _off_loop, None
-    if helper is not None:
-        helper.submit(connections.close_all).result()
-        helper.shutdown(wait=True)
+    if helper is None:
+        return
+    closed = helper.submit(connections.close_all)
+    helper.shutdown(wait=False)  # the thread ends after the close
+    try:
+        closed.result(timeout=wait_seconds)
+    except TimeoutError:
+        logger.warning("event=context_helper_busy seconds=%s (its connection closes with the process)", wait_seconds)
 
 
 class TaskControl:
