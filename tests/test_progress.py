@@ -1,6 +1,9 @@
 """Progress (DESIGN section 9): reported through the context, stored without
 a write per call, shown by the API and the admin while the task runs."""
 
+import asyncio
+import threading
+
 import pytest
 from django.contrib.admin.utils import quote  # admin URLs escape "_" and friends in ids
 
@@ -8,7 +11,7 @@ from tasks.models import TaskRecord, TaskStatus
 from tasks.queue.recorder import Recorder
 from tasks.worker import context as task_context
 from tasks.worker.loop import Worker
-from tests.fixture_tasks import count_with_progress
+from tests.fixture_tasks import async_until_cancelled, count_with_progress
 from tests.processes import manage, stop, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,16 +62,11 @@ def test_progress_must_be_numbers():
         control.set_progress(3, total="10")
 
 
+
 def test_an_async_task_s_context_helper_ends_with_the_worker_s_loop(redis_client, tmp_path):
     """An async def task's context queries run on a helper thread with its own
     connection; a worker that stops ends it, so no connection outlives it (in
     this process, it kept the test database busy at teardown)."""
-    import threading
-
-    from django.db import connections
-
-    from tests.fixture_tasks import async_until_cancelled
-
     result = async_until_cancelled.enqueue(str(tmp_path / "started"), 0.2)
     assert Worker(burst=True, concurrency=2).run() == 1
     row = TaskRecord.objects.get(id=result.id)
@@ -79,32 +77,27 @@ def test_an_async_task_s_context_helper_ends_with_the_worker_s_loop(redis_client
     assert Worker(burst=True, concurrency=2).run() == 1
     assert TaskRecord.objects.get(id=again.id).progress["text"].startswith("turn ")
     assert task_context._off_loop is None
-    connections.close_all()
-
 
 
 def test_a_busy_context_helper_does_not_hold_up_the_stop(caplog):
     """A query still running on the helper (for a thread abandoned at its
     limit, its database hanging) does not keep a stopping worker waiting."""
-    import asyncio
-    import threading
-    import time
+    entered, release = threading.Event(), threading.Event()
 
-    release = threading.Event()
+    def hanging_query():
+        entered.set()
+        release.wait(30)
 
     async def context_call_from_a_loop():
-        task_context._query(release.wait, 30)  # from a running loop: it goes to the helper
+        task_context._query(hanging_query)  # from a running loop: it goes to the helper
 
     caller = threading.Thread(target=asyncio.run, args=(context_call_from_a_loop(),), daemon=True)
     caller.start()
     try:
-        deadline = time.monotonic() + 10
-        while task_context._off_loop is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert task_context._off_loop is not None
-        started = time.monotonic()
-        task_context.shutdown_off_loop(wait_seconds=0.2)
-        assert time.monotonic() - started < 5  # not the 30 s the query would take
+        assert entered.wait(10)
+        task_context.shutdown_off_loop(wait_seconds=0.1)
+        # Returned while the query still runs: the stop did not wait for it.
+        assert caller.is_alive() and not release.is_set()
         assert task_context._off_loop is None
         assert "event=context_helper_busy" in caplog.text
     finally:

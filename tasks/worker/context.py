@@ -78,11 +78,13 @@ def shutdown_off_loop(wait_seconds=CLOSE_WAIT_SECONDS):
     if helper is None:
         return
     closed = helper.submit(connections.close_all)
-    helper.shutdown(wait=False)  # the thread ends after the close
     try:
         closed.result(timeout=wait_seconds)
     except TimeoutError:
+        helper.shutdown(wait=False)  # its thread ends once the query and the close are done
         logger.warning("event=context_helper_busy seconds=%s (its connection closes with the process)", wait_seconds)
+    else:
+        helper.shutdown(wait=True)  # the close is done: the thread ends at once
 
 
 class TaskControl:
