@@ -72,7 +72,10 @@ def test_killed_worker_restarted_under_its_id_after_redis_lost_everything(redis_
     runs = tmp_path / "runs.txt"
     victim = slow_first_time.enqueue(str(runs), "victim", 60)
     worker = start_worker("same")
-    wait_for(lambda: TaskRecord.objects.filter(id=victim.id, status=TaskStatus.RUNNING).exists(), message="task running")
+    # The claim marks the row RUNNING before the function starts: wait for its
+    # own line, or the kill may land before the first run has begun.
+    wait_for(lambda: executions(runs)["victim"] == 1, message="the first run started")
+    assert TaskRecord.objects.filter(id=victim.id, status=TaskStatus.RUNNING).exists()
     kill(worker)
     redis_server.restart()
     start_worker("same")
