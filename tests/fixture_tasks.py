@@ -179,3 +179,10 @@ async def async_until_cancelled(context, path, seconds=30.0):
             return "stopped"
         await asyncio.sleep(0.01)
     return "ran out"
+
+
+@task
+def keyword_names(**options):
+    """Returns the names of its keyword arguments: any name may come, even
+    those of Task.enqueue's own parameters ("self")."""
+    return sorted(options)

@@ -11,7 +11,8 @@ from tasks.queue import keys
 from tasks.queue.backend import new_task_id, queue_for
 from tasks.queue.envelope import BadMessage, Envelope, decode
 from tasks.models import TaskRecord, TaskStatus
-from tasks.exceptions import MessageTooLarge
+from tasks.exceptions import ArgumentsNotStorable, MessageTooLarge
+from tasks.storable import MAX_ARGS_DEPTH
 from tasks.queue.recorder import Recorder
 from tasks.tasks import add, always_fails, cook_dish, report_attempt
 from tasks.worker.loop import Worker
@@ -113,6 +114,43 @@ def test_oversized_task_is_refused_before_anything_is_written(redis_client, sett
     assert redis_client.llen("task:prodcons:queue") == 0
     assert redis_client.zcard(keys.delayed("task:prodcons:queue")) == 0
     assert redis_client.scard(keys.task_ids("task:prodcons:queue")) == 0
+
+
+def nested(depth):
+    """``depth`` lists, one inside the other."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_the_deepest_arguments_a_worker_runs_are_accepted_and_run(redis_client):
+    # args is one list, a's value the rest: MAX_ARGS_DEPTH lists in all.
+    result = add.enqueue(nested(MAX_ARGS_DEPTH - 1), [])
+    drain()
+    assert TaskRecord.objects.get(id=result.id).status == TaskStatus.SUCCESSFUL
+
+
+# 101 was dead-lettered unrun by the worker; 500 to 950 also exhausted the
+# recursion limit building the caller's TaskResult, after the row and the
+# push; 5000 exhausted it before anything was written.
+@pytest.mark.parametrize("depth", [MAX_ARGS_DEPTH, 500, 950, 5000])
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_many", "in_a_transaction", "deferred"])
+def test_arguments_nested_deeper_than_a_worker_runs_are_refused_before_anything_is_written(redis_client, depth, how):
+    deep = (nested(depth), 1)
+    with pytest.raises(ArgumentsNotStorable, match=rf"nested deeper than {MAX_ARGS_DEPTH} levels"):
+        if how == "enqueue":
+            add.enqueue(*deep)
+        elif how == "enqueue_many":
+            add.get_backend().enqueue_many(add, [((1, 2), {}), (deep, {})])
+        elif how == "in_a_transaction":
+            with transaction.atomic():
+                add.enqueue(*deep)
+        else:
+            add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(*deep)
+    assert TaskRecord.objects.count() == 0
+    assert redis_client.llen("task:prodcons:queue") == 0
+    assert redis_client.zcard(keys.delayed("task:prodcons:queue")) == 0
 
 
 def _foreign(envelope):

@@ -37,7 +37,10 @@ def encode(data):
     """The text sent for ``data``: a str as is, anything else as JSON."""
     if isinstance(data, str):
         return data
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise ValueError("data is nested too deeply to encode as JSON") from None
 
 
 def check_channel(channel):

@@ -32,7 +32,7 @@ from tasks.queue.recorder import Recorder
 from tasks.queue.reliable import ReliableQueue
 from tasks.queue.uniqueness import unique_key
 from tasks.signals import listened, task_enqueued
-from tasks.storable import unstorable
+from tasks.storable import MAX_ARGS_DEPTH, nested_deeper, unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -107,30 +107,23 @@ class RedisTaskBackend(BaseTaskBackend):
         ([that copy's result], False)."""
         self.validate_task(task)
         now = timezone.now()
-        envelopes = [
-            Envelope(
-                id=new_task_id(),
-                task=task.module_path,
-                queue=task.queue_name,
-                args=to_json(args),
-                kwargs=to_json(kwargs),
-                enqueued_at=now.isoformat(),
-                priority=int(task.priority),
-            )
-            for args, kwargs in calls
-        ]
-        payloads = [envelope.encode() for envelope in envelopes]  # encoded once, for the check and the push
-        limit = mq_settings.MQ_MAX_MESSAGE_BYTES
-        for payload in payloads:
-            problem = oversized(payload, limit)
-            if problem:
-                raise MessageTooLarge(f"the message of {task.module_path} is {problem}")
-        # The worker's own check, before the row: PostgreSQL refuses NUL and
-        # lone surrogates (a DataError the API took for an outage), and a
-        # worker would dead-letter them unrun on any database.
-        problem = unstorable([[e.args, e.kwargs] for e in envelopes])
-        if problem:
-            raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
+        try:
+            envelopes = [
+                Envelope(
+                    id=new_task_id(),
+                    task=task.module_path,
+                    queue=task.queue_name,
+                    args=to_json(args),
+                    kwargs=to_json(kwargs),
+                    enqueued_at=now.isoformat(),
+                    priority=int(task.priority),
+                )
+                for args, kwargs in calls
+            ]
+            payloads = [envelope.encode() for envelope in envelopes]  # encoded once, for the check and the push
+        except RecursionError:
+            raise _too_deep(task) from None
+        check_sendable(task, envelopes, payloads)
         recorder = Recorder()
         if unique:
             [envelope] = envelopes
@@ -196,6 +189,29 @@ class RedisTaskBackend(BaseTaskBackend):
         if task is None:
             raise TaskResultDoesNotExist(f"{result_id} names no registered task ({record.task_path})")
         return record.to_task_result(task)
+
+
+def check_sendable(task, envelopes, payloads):
+    """Refuse, before anything is written, what a worker would dead-letter
+    unrun: MessageTooLarge or ArgumentsNotStorable."""
+    limit = mq_settings.MQ_MAX_MESSAGE_BYTES
+    for envelope, payload in zip(envelopes, payloads):
+        problem = oversized(payload, limit)
+        if problem:
+            raise MessageTooLarge(f"the message of {task.module_path} is {problem}")
+        # Deeper nesting would also exhaust the recursion limit when the
+        # caller's TaskResult is built, after the push.
+        if nested_deeper(payload, [envelope.args, envelope.kwargs], MAX_ARGS_DEPTH):
+            raise _too_deep(task)
+    # PostgreSQL refuses NUL and lone surrogates (a DataError the API took
+    # for an outage), and a worker would dead-letter them on any database.
+    problem = unstorable([[e.args, e.kwargs] for e in envelopes])
+    if problem:
+        raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")
+
+
+def _too_deep(task):
+    return ArgumentsNotStorable(f"arguments of {task.module_path} are nested deeper than {MAX_ARGS_DEPTH} levels")
 
 
 def envelope_result(task, envelope, status, *, backend, enqueued_at=None, started_at=None, finished_at=None, worker_ids=(), errors=()):

@@ -12,10 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks.conf import mq_settings
-from tasks.queue.backend import ArgumentsNotStorable, MessageTooLarge, queue_for, to_json
-from tasks.queue.envelope import Envelope, oversized
+from tasks.queue.backend import check_sendable, queue_for, to_json
+from tasks.queue.envelope import Envelope
 from tasks.queue.recorder import Recorder
-from tasks.storable import unstorable
 
 
 def enqueue_once(task, calls, now=None):
@@ -40,7 +39,7 @@ def enqueue_once(task, calls, now=None):
         )
         for task_id, args, kwargs in calls
     ]
-    _check_sendable(task, envelopes)
+    check_sendable(task, envelopes, [envelope.encode() for envelope in envelopes])
     recorder = Recorder()
     with transaction.atomic(using=recorder.using):
         inserted = set(recorder.insert_enqueued_once(envelopes, backend.alias, now))
@@ -55,13 +54,3 @@ def enqueue_once(task, calls, now=None):
             transaction.on_commit(deliver, using=recorder.using, robust=True)
     return [envelope.id for envelope in mine]
 
-
-def _check_sendable(task, envelopes):
-    """The checks enqueue_many makes before writing anything."""
-    for envelope in envelopes:
-        problem = oversized(envelope.encode(), mq_settings.MQ_MAX_MESSAGE_BYTES)
-        if problem:
-            raise MessageTooLarge(f"the message of {task.module_path} is {problem}")
-    problem = unstorable([[e.args, e.kwargs] for e in envelopes])
-    if problem:
-        raise ArgumentsNotStorable(f"arguments of {task.module_path} cannot be stored: {problem}")

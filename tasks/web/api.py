@@ -169,7 +169,8 @@ def create_task(request, client, payload):
         if key is not None or mq_settings.task_is_unique(task.module_path):
             result, created = task.get_backend().enqueue_unique(task, args, kwargs, key=key)
         else:
-            result, created = task.enqueue(*args, **kwargs), True
+            # Not task.enqueue(*args, **kwargs): a keyword named "self" would clash.
+            result, created = task.get_backend().enqueue(task, args, kwargs), True
     except MessageTooLarge as exc:  # checked before the row is written
         raise ApiError(413, str(exc)) from None
     except ArgumentsNotStorable as exc:

@@ -21,7 +21,9 @@ import traceback
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone as dt_timezone
+from inspect import iscoroutinefunction
 
+from asgiref.sync import async_to_sync
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 
@@ -334,11 +336,11 @@ class BatchExecutor:
         control = None
         try:
             with task_context(envelope.id, envelope.task), limiter:
+                args = envelope.args
                 if task.takes_context:
                     control = TaskControl(envelope.id, self.recorder)
-                    value = task.call(self.context(task, envelope, attempt, started_at, control), *envelope.args, **envelope.kwargs)
-                else:
-                    value = task.call(*envelope.args, **envelope.kwargs)
+                    args = [self.context(task, envelope, attempt, started_at, control), *args]
+                value = call(task, args, envelope.kwargs)
                 result = self.storable(value)
             return result, None
         except ForcedStop:
@@ -455,6 +457,14 @@ def ack_arguments(ack):
         "rates": ack.rates,
         "latencies": ack.latencies,
     }
+
+
+def call(task, args, kwargs):
+    """What ``task.call(*args, **kwargs)`` does, without its ``self``: a
+    task taking ``**kwargs`` may be sent a keyword of that name."""
+    if iscoroutinefunction(task.func):
+        return async_to_sync(task.func)(*args, **kwargs)
+    return task.func(*args, **kwargs)
 
 
 def utcnow():
