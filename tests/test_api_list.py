@@ -60,6 +60,9 @@ def test_each_filter(client):
         ({"limit": "ten"}, "'limit'"),
         ({"cursor": "not-a-cursor"}, "'cursor'"),
         ({"cursor": "WzEsMl0"}, "'cursor'"),  # [1,2]: base64 JSON, not a cursor
+        # Offsets at the ends of the calendar, with no UTC time: a 500 on SQLite.
+        ({"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwgIngiXQ"}, "'cursor'"),
+        ({"cursor": "WyI5OTk5LTEyLTMxVDIzOjU5OjU5LTE0OjAwIiwgIngiXQ"}, "'cursor'"),
         ({"sort": "id"}, "unknown parameter"),
     ],
 )

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from tasks.models import TaskRecord, TaskStatus
 from tasks.storable import unstorable
@@ -72,7 +73,10 @@ def decode_cursor(cursor):
         at = datetime.fromisoformat(at)
         if at.tzinfo is None or not isinstance(task_id, str) or unstorable(task_id):
             raise ValueError(cursor)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        # In UTC here, as the database compares it: a forged offset at the
+        # ends of the calendar (0001-01-01T00:00+14:00) has no UTC time.
+        at = at.astimezone(dt_timezone.utc)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise ApiError(400, "'cursor' is not a cursor this API gave out") from None
     return at, task_id
 
