@@ -1,10 +1,10 @@
-"""List filters for the task history that cost no query to draw.
+"""List filters for the history (tasks and messages) that cost no query to draw.
 
 Django's filter on a plain column lists its values with SELECT DISTINCT over
 the whole table, and date_hierarchy does the same per year, month or day:
 a full scan on every changelist page, seconds at millions of rows. These
 take their choices from the configuration instead (registered tasks,
-configured queues) and filter through the indexed enqueued_at by age.
+configured queues and channels) and filter through an indexed time by age.
 """
 
 from datetime import timedelta
@@ -14,38 +14,64 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from tasks import registry
+from tasks.checks import GLOB_CHARACTERS
 from tasks.conf import mq_settings
 
 
-class TaskPathFilter(admin.SimpleListFilter):
+class ConfiguredChoiceFilter(admin.SimpleListFilter):
+    """Filters ``field`` on the chosen value, offering the names the
+    subclass's ``choices_from_configuration()`` gives."""
+
+    field = ""
+
+    def choices_from_configuration(self):
+        raise NotImplementedError
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in sorted(self.choices_from_configuration())]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class TaskPathFilter(ConfiguredChoiceFilter):
     title = _("task")
     parameter_name = "task_path__exact"
+    field = "task_path"
 
-    def lookups(self, request, model_admin):
-        return [(path, path) for path in sorted(registry.paths())]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(task_path=self.value()) if self.value() else queryset
+    def choices_from_configuration(self):
+        return registry.paths()
 
 
-class QueueFilter(admin.SimpleListFilter):
+class QueueFilter(ConfiguredChoiceFilter):
     title = _("queue")
     parameter_name = "queue__exact"
+    field = "queue"
 
-    def lookups(self, request, model_admin):
+    def choices_from_configuration(self):
         tasks = (registry.get(path) for path in registry.paths())
-        names = set(mq_settings.MQ_QUEUES) | {task.queue_name for task in tasks if task is not None}
-        return [(name, name) for name in sorted(names)]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(queue=self.value()) if self.value() else queryset
+        return set(mq_settings.MQ_QUEUES) | {task.queue_name for task in tasks if task is not None}
 
 
-class EnqueuedFilter(admin.SimpleListFilter):
-    """By age, in place of date_hierarchy (whose links cost a DISTINCT scan)."""
+class ChannelFilter(ConfiguredChoiceFilter):
+    """The default channel and those named in MQ_CHANNEL_HANDLERS (patterns
+    are not channels); any other name still filters from the query string."""
 
-    title = _("enqueued")
-    parameter_name = "enqueued"
+    title = _("channel")
+    parameter_name = "channel"
+    field = "channel"
+
+    def choices_from_configuration(self):
+        named = mq_settings.MQ_CHANNEL_HANDLERS
+        named = [name for name in named if isinstance(name, str) and not any(c in name for c in GLOB_CHARACTERS)]
+        return {mq_settings.MQ_DEFAULT_CHANNEL, *named}
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """By the age of ``field``, an indexed time, in place of date_hierarchy
+    (whose links cost a DISTINCT scan)."""
+
+    field = ""
     AGES = {
         "hour": (_("Past hour"), timedelta(hours=1)),
         "day": (_("Past 24 hours"), timedelta(days=1)),
@@ -62,5 +88,23 @@ class EnqueuedFilter(admin.SimpleListFilter):
             return queryset
         since = timezone.now() - self.AGES[value][1]
         if value == "older":
-            return queryset.filter(enqueued_at__lt=since)
-        return queryset.filter(enqueued_at__gte=since)
+            return queryset.filter(**{f"{self.field}__lt": since})
+        return queryset.filter(**{f"{self.field}__gte": since})
+
+
+class EnqueuedFilter(AgeFilter):
+    title = _("enqueued")
+    parameter_name = "enqueued"
+    field = "enqueued_at"
+
+
+class PublishedFilter(AgeFilter):
+    title = _("published")
+    parameter_name = "published"
+    field = "published_at"
+
+
+class ReceivedFilter(AgeFilter):
+    title = _("received")
+    parameter_name = "received"
+    field = "received_at"
