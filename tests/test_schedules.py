@@ -253,6 +253,23 @@ def test_pausing_needs_the_change_permission(client):
     assert not ScheduleState.objects.get(name="tick").paused
 
 
+@pytest.mark.parametrize("change", [False, True])
+def test_deleting_a_schedule_s_row_resets_it_and_needs_the_change_permission(client, change):
+    """A deleted row comes back unpaused: without the change permission, a
+    user with the delete permission could resume what was paused."""
+    user = _user(permission=change)
+    user.user_permissions.add(Permission.objects.get(codename="delete_schedulestate"))
+    client.force_login(user)
+    with override_settings(MQ_SCHEDULES=every_second()):
+        client.get("/admin/tasks/schedulestate/")
+        ScheduleState.objects.filter(name="tick").update(paused=True)
+        page = client.get("/admin/tasks/schedulestate/").content.decode()
+        assert ('value="delete_selected"' in page) is change
+        client.post("/admin/tasks/schedulestate/", {"action": "delete_selected", "_selected_action": ["tick"], "post": "yes"})
+        client.get("/admin/tasks/schedulestate/")  # re-creates the rows of declared schedules
+    assert ScheduleState.objects.get(name="tick").paused is not change
+
+
 def test_queue_status_lists_schedules_in_its_json():
     with override_settings(MQ_SCHEDULES=every_second()):
         out = StringIO()

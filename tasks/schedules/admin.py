@@ -3,9 +3,9 @@ outcome, its next run, and pause/resume.
 
 Schedules are declared in code and settings, so the page cannot add or edit
 one; opening it creates the state rows of schedules no worker has seen yet,
-so every declared schedule is listed. Pause and resume are POST actions
-(CSRF-checked like every admin action) gated on the change permission of
-the schedule model.
+so every declared schedule is listed. Pause, resume and delete (a reset) are
+POST actions (CSRF-checked like every admin action) gated on the change
+permission of the schedule model.
 """
 
 from django.contrib import admin, messages
@@ -46,6 +46,11 @@ class ScheduleStateAdmin(admin.ModelAdmin):
 
     def has_operate_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    def has_delete_permission(self, request, obj=None):
+        # A deleted row of a declared schedule comes back unpaused, from now:
+        # a resume, which needs the change permission.
+        return super().has_delete_permission(request, obj) and self.has_operate_permission(request)
 
     def _schedule(self, state):
         return declared().get(state.name)
