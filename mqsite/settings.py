@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 import django
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -38,9 +39,18 @@ def env_list(name, default=""):
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
-# A development key is generated per process when none is given; production
-# must set DJANGO_SECRET_KEY (check --deploy reports a missing or weak one).
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or get_random_secret_key()
+# Development makes up a key per process when none is given. With DEBUG off
+# every process must share one (sessions, CSRF, signed messages): a key made
+# up by each gunicorn worker would log users out at random, so none starts.
+# check --deploy reports a weak one.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set: with DJANGO_DEBUG=0 every process must share one key. "
+            "Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = get_random_secret_key()
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")

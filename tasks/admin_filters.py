@@ -62,8 +62,8 @@ class ChannelFilter(ConfiguredChoiceFilter):
     field = "channel"
 
     def choices_from_configuration(self):
-        named = mq_settings.MQ_CHANNEL_HANDLERS
-        named = [name for name in named if isinstance(name, str) and not any(c in name for c in GLOB_CHARACTERS)]
+        handled = mq_settings.MQ_CHANNEL_HANDLERS
+        named = [name for name in handled if isinstance(name, str) and not any(c in name for c in GLOB_CHARACTERS)]
         return {mq_settings.MQ_DEFAULT_CHANNEL, *named}
 
 

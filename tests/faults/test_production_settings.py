@@ -44,6 +44,20 @@ def test_check_deploy_passes_with_production_settings(tmp_path, redis_url):
     assert "mqsite.I001" not in done.stdout + done.stderr  # the Redis check really asked
 
 
+def test_no_process_starts_with_debug_off_and_no_secret_key(tmp_path, redis_url):
+    """Each would make up a key of its own: a session signed by one gunicorn
+    worker would be refused by the next."""
+    env = production_env(tmp_path, redis_url)
+    del env["DJANGO_SECRET_KEY"]
+    for argv in (["check", "--deploy"], ["listen_queue", "--burst"]):
+        done = subprocess.run(
+            [sys.executable, str(BASE_DIR / "manage.py"), *argv],
+            env=env, cwd=BASE_DIR, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode != 0, argv
+        assert "DJANGO_SECRET_KEY is not set" in done.stderr, done.stderr
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("path, status", [("/no-such-page", 404), ("/boom", 500)])
 def test_error_pages_show_no_traceback_with_debug_off(settings, path, status):
