@@ -234,6 +234,8 @@ def test_task_over_the_message_limit_is_413(client, nothing_changed, settings):
         (b'{"task": "tasks.tasks.add", "args": [1]}', "arguments do not fit tasks.tasks.add"),
         (b'{"task": "tasks.tasks.add", "args": [1, 2], "kwargs": {"c": 3}}', "arguments do not fit"),
         (b'{"task": "os.system", "args": ["echo hi"]}', "unknown task 'os.system'"),
+        (b'{"task": "tasks.tasks.noop", "task": "tasks.tasks.always_fails"}', "key 'task' appears twice"),
+        (b'{"task": "tasks.tasks.add", "kwargs": {"a": 1, "b": 2, "a": 3}}', "key 'a' appears twice"),
     ],
 )
 def test_bad_body_is_400_and_changes_nothing(client, nothing_changed, body, fragment):

@@ -87,7 +87,9 @@ def read_json_object(request):
     if not raw:
         raise ApiError(400, "request body is empty: send a JSON object")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_one_value_per_key
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 text") from None
     except RecursionError:
@@ -96,6 +98,17 @@ def read_json_object(request):
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _one_value_per_key(pairs):
+    # {"task": "a", "task": "b"} means b to Python's json and a to some
+    # proxies and other parsers: refuse what two readers would read apart.
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        keys = [key for key, _value in pairs]
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"key {repeated[:100]!r} appears twice in one object")
     return data
 
 
