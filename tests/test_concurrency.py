@@ -9,7 +9,18 @@ import time
 import pytest
 
 from tasks.models import TaskRecord, TaskStatus
-from tests.fixture_tasks import async_fail, async_forever, async_nap, async_timed_nap, nap_and_note, raise_base, spin, timed_nap
+from tasks.queue.backend import cancel
+from tests.fixture_tasks import (
+    async_fail,
+    async_forever,
+    async_nap,
+    async_timed_nap,
+    async_until_cancelled,
+    nap_and_note,
+    raise_base,
+    spin,
+    timed_nap,
+)
 from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -108,6 +119,37 @@ def test_warm_shutdown_gives_back_what_waited_in_the_reserve(redis_url, redis_cl
             assert (row.status, row.attempts) == (TaskStatus.READY, 0), i
     assert redis_client.llen(QUEUE) == 400 - len(ran)
     assert not list(redis_client.scan_iter(match="{task:prodcons:queue}:processing:*"))
+
+
+def test_a_task_cancelled_while_its_thread_waits_for_a_slot_never_starts(redis_url, tmp_path):
+    """Two async def tasks hold both slots; two plain tasks taken into the
+    reserve are each held by a thread blocked on the slots, where a cancel
+    check that looked only at the threads' queue missed them: they ran, and
+    were recorded CANCELLED."""
+    marks, slow, log = tmp_path / "marks", tmp_path / "slow", tmp_path / "worker.log"
+    # A batch target of 2 s keeps a reserve while the slow tasks run.
+    worker = manage(
+        redis_url, "listen_queue", "--concurrency", "2", "--worker-id", "held",
+        settings={"MQ_BATCH_TARGET_SECONDS": 2.0}, log_path=log,
+    )
+    try:
+        warm = [nap_and_note.enqueue(str(tmp_path / "warm"), str(i), 0.005).id for i in range(10)]
+        wait_for(lambda: all(row.finished_at for row in rows(warm).values()), message="the warm-up done (a recent run time)")
+        holders = [async_until_cancelled.enqueue(str(slow), 60).id for _ in range(2)]
+        wait_for(lambda: lines(slow)["started"] == 2, message="both slots held")
+        held = [nap_and_note.enqueue(str(marks), f"m{i}", 0.01).id for i in range(2)]
+        wait_for(lambda: {row.status for row in rows(held).values()} == {TaskStatus.RUNNING}, message="both claimed into the reserve")
+        for task_id in held:
+            assert cancel(task_id) == TaskStatus.RUNNING
+        wait_for(lambda: log.read_text().count("event=cancelled_before_start") == 2, message="the worker heard both cancels")
+        for task_id in holders:
+            cancel(task_id)  # the slots free: the threads get them
+        wait_for(lambda: all(row.finished_at for row in rows(held + holders).values()), message="all four recorded")
+    finally:
+        assert stop(worker, signal.SIGTERM) == 0
+    assert {row.status for row in rows(held).values()} == {TaskStatus.CANCELLED}
+    assert not marks.exists(), f"a task cancelled before it started ran: {marks.read_text()}"
+    assert {row.status for row in rows(holders).values()} == {TaskStatus.CANCELLED}
 
 
 def test_slow_tasks_get_no_reserve(redis_url, redis_client, tmp_path):

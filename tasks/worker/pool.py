@@ -107,6 +107,10 @@ class SlotPool:
         self.release_when_idle = False
         self.closing = False  # draining: nothing that waits starts any more
         self._cancels_checked = time.monotonic()
+        # Ids of jobs found cancelled while a thread held them, waiting for a
+        # slot: the thread does not start them, and they are recorded CANCELLED.
+        # Each leaves the set when its job is recorded, started or not.
+        self._cancelled_held: set[str] = set()
 
     # --- one turn of the worker's loop ----------------------------------------
     def step(self):
@@ -278,6 +282,11 @@ class SlotPool:
                 skipped.append(job)
             else:
                 self._line_for(job).submit(job)  # back in its line, in its order
+        # The rest are held by threads waiting for a slot (or started meanwhile).
+        held = set(cancelled) - {job.envelope.id for job in skipped}
+        for task_id in held - self._cancelled_held:
+            logger.info("event=cancelled_before_start task_id=%s (it waits for a slot and will not start)", task_id)
+        self._cancelled_held |= held
         try:
             self._record([(job, executor.cancelled(job.envelope), None) for job in skipped])
         finally:
@@ -285,6 +294,8 @@ class SlotPool:
 
     def _may_start(self, job):
         """Asked by a thread holding a slot, before it runs ``job``."""
+        if job.envelope.id in self._cancelled_held:
+            return False
         return not (self.worker.stopping or self.closing or self.release_when_idle) and self.worker.heartbeat.holds(job.epoch)
 
     def _give_back_waiting(self):
@@ -378,7 +389,11 @@ class SlotPool:
         acks: dict = {}
         for job, outcome, problem in finished:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
-            if isinstance(problem, NotStarted):
+            held_when_cancelled = job.envelope.id in self._cancelled_held
+            self._cancelled_held.discard(job.envelope.id)  # also when it had started meanwhile
+            if isinstance(problem, NotStarted) and held_when_cancelled:
+                outcome, problem = executor.cancelled(job.envelope), None  # as _skip_cancelled records one
+            elif isinstance(problem, NotStarted):
                 epoch = self.worker.heartbeat.epoch  # before Redis is asked, as for a take
                 if self._may_start_after_all(job):
                     self._submit(job._replace(epoch=epoch))

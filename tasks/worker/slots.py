@@ -72,6 +72,7 @@ class SlotGuard:
         self.fired = False
         self.abandoned = False
         self.job = None  # what the thread runs, while it runs it
+        self.waiting_job = None  # what the thread took, while it waits for a slot
         self._pending: tuple = (None, None)
 
     def __call__(self, task, limit):
@@ -162,12 +163,16 @@ class ThreadSlots:
         return [guard.running for guard in self._guards if guard.running is not None]
 
     def waiting(self):
-        """The submitted jobs no thread has picked up yet (a copy)."""
+        """The submitted jobs not started yet (a copy): those no thread has
+        picked up, and those a thread holds while it waits for a slot (the
+        event loop's tasks hold them all). Only the first can be withdrawn."""
         with self._jobs.mutex:
-            return [job for job in self._jobs.queue if job is not None]
+            queued = [job for job in self._jobs.queue if job is not None]
+        return queued + [guard.waiting_job for guard in self._guards if guard.waiting_job is not None]
 
     def withdraw(self):
-        """The submitted jobs no thread has picked up yet, taken back."""
+        """The submitted jobs no thread has picked up yet, taken back. One a
+        thread holds is not: ``may_start`` decides once the thread has its slot."""
         jobs = []
         while True:
             try:
@@ -197,7 +202,9 @@ class ThreadSlots:
                 job = self._jobs.get()
                 if job is None:
                     return
+                guard.waiting_job = job
                 self._slots.acquire()
+                guard.waiting_job = None
                 end: tuple
                 if not self._may_start(job):
                     self._slots.release()
