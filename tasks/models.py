@@ -7,7 +7,7 @@ attempts) is written once. Only the worker's hot path (claim, finish) keeps
 its raw SQL, in tasks/queue/recorder.py.
 """
 
-from django.db import connections, models, router, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.utils import timezone
 from django.utils.translation import ngettext
 from django.utils.translation import gettext_lazy as _
@@ -208,13 +208,17 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         die unrun); ``errors`` keep every earlier attempt; ``enqueued_at``
         becomes now, so the sweeper's grace period covers the push that
         follows. Returns the values it replaced, for ``undo_requeue``, or
-        None when the row is no longer FAILED/DEAD.
+        None when the row is no longer FAILED/DEAD, or is a unique task's
+        whose key an open copy holds now.
         """
-        with transaction.atomic(using=self.db):
-            rows = self.select_for_update().filter(id=task_id, status__in=REQUEUEABLE)
-            before = rows.values(*REQUEUE_FIELDS).first()
-            if before is not None:
-                rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+        try:
+            with transaction.atomic(using=self.db):
+                rows = self.select_for_update().filter(id=task_id, status__in=REQUEUEABLE)
+                before = rows.values(*REQUEUE_FIELDS).first()
+                if before is not None:
+                    rows.update(status=TaskStatus.READY, attempts=0, enqueued_at=now, started_at=None, finished_at=None)
+        except IntegrityError:  # the partial unique index on open rows' keys
+            return None
         return before
 
     def undo_requeue(self, task_id, before):

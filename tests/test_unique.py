@@ -83,3 +83,60 @@ def test_an_explicit_key_through_the_backend_and_the_api(redis_client, client, t
     assert response.status_code == 202 and response.json()["id"] != first.id
     body["unique_key"] = 5
     assert client.post("/api/tasks", json.dumps(body), content_type="application/json", **AUTH).status_code == 400
+
+
+# --- every other way in: bulk, the shell, a schedule, the admin's re-enqueue ---------
+def test_a_bulk_enqueue_of_a_unique_task_opens_one_copy_per_key(redis_client, tmp_path, settings):
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    log = str(tmp_path / "runs.txt")
+    first = append_to_file.enqueue(log, "a")
+    results = append_to_file.get_backend().enqueue_many(append_to_file, [((log, "a"), {}), ((log, "b"), {}), ((log, "b"), {})])
+    assert results[0].id == first.id and results[1].id == results[2].id != first.id
+    assert TaskRecord.objects.filter(status=TaskStatus.READY).count() == 2
+    assert redis_client.llen("task:prodcons:queue") == 2
+
+
+def test_the_enqueue_command_prints_the_open_copy_of_a_unique_task(redis_url, tmp_path, settings):
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    log = str(tmp_path / "runs.txt")
+    first = append_to_file.enqueue(log, "a")
+    argv = ["enqueue", "tests.fixture_tasks.append_to_file", "--args", json.dumps([log, "a"]), "--count", "2"]
+    done = run_manage(redis_url, *argv, settings={"MQ_TASK_OPTIONS": UNIQUE})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [first.id, first.id]
+    assert TaskRecord.objects.count() == 1
+
+
+def test_a_schedule_does_not_open_a_second_copy_of_a_unique_task(redis_client, tmp_path, settings):
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.worker.scheduler import fire_due
+
+    log = str(tmp_path / "runs.txt")
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    settings.MQ_SCHEDULES = {"tick": {"task": "tests.fixture_tasks.append_to_file", "cron": "* * * * * *", "args": [log, "t"]}}
+    start = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    fire_due(start)  # the schedule is seen: it starts from then
+    first = fire_due(start + timedelta(seconds=1))
+    assert len(first) == 1
+    assert fire_due(start + timedelta(seconds=2)) == []  # the first tick's copy is still READY
+    assert TaskRecord.objects.filter(status=TaskStatus.READY).count() == 1
+    Worker(burst=True).run()
+    assert len(fire_due(start + timedelta(seconds=3))) == 1  # done: the next tick fires
+
+
+def test_re_enqueueing_a_failed_copy_while_another_is_open_is_skipped(redis_client, admin_client, tmp_path, settings):
+    """The open copy's key held the database's unique index: an IntegrityError,
+    a 500, and the rest of the selection not re-enqueued."""
+    settings.MQ_TASK_OPTIONS = UNIQUE
+    log = str(tmp_path / "runs.txt")
+    failed = append_to_file.enqueue(log, "a").id
+    TaskRecord.objects.filter(id=failed).update(status=TaskStatus.FAILED)
+    open_copy = append_to_file.enqueue(log, "a").id
+    other = append_to_file.enqueue(log, "b").id
+    TaskRecord.objects.filter(id=other).update(status=TaskStatus.FAILED)
+    page = admin_client.post("/admin/tasks/taskrecord/", {"action": "requeue_tasks", "_selected_action": [failed, other]}, follow=True)
+    assert page.status_code == 200
+    assert "Re-enqueued 1 task." in page.content.decode() and "Skipped 1 task" in page.content.decode()
+    statuses = dict(TaskRecord.objects.values_list("id", "status"))
+    assert statuses == {failed: TaskStatus.FAILED, open_copy: TaskStatus.READY, other: TaskStatus.READY}

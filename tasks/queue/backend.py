@@ -98,8 +98,12 @@ class RedisTaskBackend(BaseTaskBackend):
         """Enqueue one task with many (args, kwargs) pairs: one INSERT, one push.
 
         MessageTooLarge, and nothing written, if any of them is over the size
-        limit: a worker would dead-letter it unrun.
+        limit: a worker would dead-letter it unrun. A unique task is enqueued
+        one call at a time, each call's result the open copy's when one holds
+        its key (the calls before it included).
         """
+        if mq_settings.task_is_unique(task.module_path):
+            return [self.enqueue_unique(task, args, kwargs)[0] for args, kwargs in calls]
         return self._enqueue(task, calls)[0]
 
     def _enqueue(self, task, calls, key=None, unique=False):

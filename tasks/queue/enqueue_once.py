@@ -15,12 +15,14 @@ from tasks.conf import mq_settings
 from tasks.queue.backend import check_sendable, queue_for, to_json
 from tasks.queue.envelope import Envelope
 from tasks.queue.recorder import Recorder
+from tasks.queue.uniqueness import unique_key
 
 
 def enqueue_once(task, calls, now=None):
     """Rows and pushes for ``calls``, [(task_id, args, kwargs)], of ``task``.
 
-    Returns the ids this call inserted: the others existed already. Inside
+    Returns the ids this call inserted: the others existed already (or, for
+    a unique task, an open copy holds the key). Inside
     the caller's transaction when there is one (the push waits for its
     commit), in a transaction of its own otherwise.
     """
@@ -40,9 +42,12 @@ def enqueue_once(task, calls, now=None):
         for task_id, args, kwargs in calls
     ]
     check_sendable(task, envelopes, [envelope.encode() for envelope in envelopes])
+    keys = None
+    if mq_settings.task_is_unique(task.module_path):  # no tick while a copy is open
+        keys = [unique_key(task.module_path, e.args, e.kwargs) for e in envelopes]
     recorder = Recorder()
     with transaction.atomic(using=recorder.using):
-        inserted = set(recorder.insert_enqueued_once(envelopes, backend.alias, now))
+        inserted = set(recorder.insert_enqueued_once(envelopes, backend.alias, now, unique_keys=keys))
         mine = [envelope for envelope in envelopes if envelope.id in inserted]
         if mine:
 

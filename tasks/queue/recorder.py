@@ -150,19 +150,24 @@ class Recorder:
             cursor.execute(sql + " ON CONFLICT DO NOTHING", (*row, unique_key))
             return cursor.rowcount == 1
 
-    def insert_enqueued_once(self, envelopes, backend_alias, now, run_after=None):
+    def insert_enqueued_once(self, envelopes, backend_alias, now, run_after=None, unique_keys=None):
         """insert_enqueued for ids chosen by the caller: a row whose id exists
         already is left alone, not an error. Returns the ids it inserted.
 
         ON CONFLICT DO NOTHING (SQLite and PostgreSQL alike): a second
         inserter of the same id waits for the first one's transaction and
         then inserts nothing, so exactly one caller learns it owns the id.
+        With ``unique_keys`` (one per envelope: a unique task), a row is not
+        written either while an open row holds its key, as insert_unique.
         """
-        sql = self._insert_sql() + " ON CONFLICT (id) DO NOTHING"
+        if unique_keys is None:
+            sql, keys = self._insert_sql() + " ON CONFLICT (id) DO NOTHING", [()] * len(envelopes)
+        else:
+            sql, keys = self._insert_sql(unique=True) + " ON CONFLICT DO NOTHING", [(key,) for key in unique_keys]
         inserted = []
         with self.connection.cursor() as cursor:
-            for envelope, row in zip(envelopes, self._enqueued_rows(envelopes, backend_alias, now, run_after)):
-                cursor.execute(sql, row)
+            for envelope, row, key in zip(envelopes, self._enqueued_rows(envelopes, backend_alias, now, run_after), keys):
+                cursor.execute(sql, (*row, *key))
                 if cursor.rowcount == 1:
                     inserted.append(envelope.id)
         return inserted
