@@ -124,6 +124,7 @@ class EventLoopSlots:
         self._thread: threading.Thread | None = None
         self._running: dict[int, Running] = {}
         self._given_up: set[int] = set()  # keys of coroutines abandoned at their limit
+        self._stopping = False  # set by stop(): the only loop.stop() that ends the loop
 
     def submit(self, job):
         if self._loop is None:
@@ -172,6 +173,7 @@ class EventLoopSlots:
         """Stop the loop once every submitted task has been handed back."""
         if self._loop is None:
             return
+        self._stopping = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join()
@@ -188,7 +190,10 @@ class EventLoopSlots:
             while True:
                 try:
                     loop.run_forever()
-                    return  # stop()
+                    if self._stopping:
+                        return
+                    # A task called loop.stop(): the loop serves the others on.
+                    logger.error("event=loop_stopped_by_task (an async def task called loop.stop(); the loop goes on)")
                 except (SystemExit, KeyboardInterrupt):
                     # asyncio re-raises these from a task's own sub-task (a
                     # sys.exit() under gather or wait_for) out of the loop.
@@ -217,7 +222,11 @@ class EventLoopSlots:
 
         end: tuple
         try:
-            end = (job, await self._run(job, started), None)
+            # The runner in a task of its own: asyncio throws a GeneratorExit
+            # that a sub-task raised into the awaiting task's outermost
+            # coroutine, which closes the coroutines it awaits. Here that
+            # lands on the runner, which turns it into the task's failure.
+            end = (job, await asyncio.ensure_future(self._run(job, started)), None)
         except BaseException as exc:  # the runner turns task errors into verdicts: this is ours
             end = (job, None, exc)
         for deadline in deadlines:

@@ -161,8 +161,8 @@ def _note(path, line):
 @task
 async def async_subtask_raises(path, kind):
     """An async def task whose sub-task (asyncio.gather / wait_for make one)
-    ends with SystemExit or KeyboardInterrupt, as sys.exit() in a library
-    call would."""
+    ends with SystemExit, KeyboardInterrupt or GeneratorExit, as sys.exit()
+    in a library call would."""
     import asyncio
 
     _note(path, "started")
@@ -171,6 +171,8 @@ async def async_subtask_raises(path, kind):
         await asyncio.sleep(0)
         if kind == "exit":
             sys.exit(3)
+        if kind == "generator":
+            raise GeneratorExit("raised in a sub-task")
         raise KeyboardInterrupt("raised in a sub-task")
 
     await asyncio.gather(inner())
@@ -222,3 +224,15 @@ async def async_raises_base(kind):
 
     await asyncio.sleep(0)
     raise_base(kind, "raised by an async task itself")
+
+
+@task
+async def async_stops_loop(path):
+    """Stops the event loop it runs on, then goes on awaiting."""
+    import asyncio
+
+    _note(path, "started")
+    asyncio.get_running_loop().stop()
+    await asyncio.sleep(0.1)
+    _note(path, "ended")
+    return "ended"

@@ -14,6 +14,7 @@ from tasks.models import TaskRecord, TaskStatus
 from tests.faults.fault_tasks import (
     async_blocks_loop,
     async_ignores_cancel,
+    async_stops_loop,
     async_subtask_raises,
     slow_append,
     thread_ignores_limit,
@@ -40,12 +41,15 @@ def exit_within(worker, seconds):
         return None
 
 
-@pytest.mark.parametrize("kind", ["exit", "interrupt"])
+@pytest.mark.parametrize("kind", ["exit", "interrupt", "generator"])
 def test_async_subtask_base_exception_does_not_kill_the_event_loop(start_worker, tmp_path, kind):
-    """SystemExit / KeyboardInterrupt in a sub-task of an async def task
-    (asyncio.gather, wait_for, create_task) is that task's failure; the
-    worker's event loop must go on running the other async tasks, and a
-    SIGTERM must still end the worker with 0."""
+    """SystemExit / KeyboardInterrupt / GeneratorExit in a sub-task of an
+    async def task (asyncio.gather, wait_for, create_task) is that task's
+    failure; the worker's event loop must go on running the other async
+    tasks, and a SIGTERM must still end the worker with 0. (asyncio throws a
+    sub-task's GeneratorExit into the awaiting task's outermost coroutine:
+    the task's verdict was dropped, it went back READY uncounted, and ran
+    again in every worker's life.)"""
     path = tmp_path / "runs"
     naps = tmp_path / "naps"
     bad = async_subtask_raises.enqueue(str(path), kind).id
@@ -66,6 +70,25 @@ def test_async_subtask_base_exception_does_not_kill_the_event_loop(start_worker,
         code = exit_within(worker, 10)
         print("statuses:", statuses, "exit:", code)
     assert code == 0, f"warm shutdown did not end the worker (exit {code}); statuses {statuses}"
+    assert statuses[bad] == (TaskStatus.FAILED, 1) and lines(path).count("started") == 1
+
+
+def test_an_async_task_that_stops_the_loop_does_not_stop_the_worker_s_loop(start_worker, tmp_path):
+    """loop.stop() from a task: the loop ended as if the worker had stopped
+    it, every async task stayed RUNNING and a warm SIGTERM hung."""
+    path, naps = tmp_path / "runs", tmp_path / "naps"
+    bad = async_stops_loop.enqueue(str(path)).id
+    worker = start_worker("loopstop", "--concurrency", "4")
+    fine = []
+    try:
+        wait_for(lambda: rows([bad])[bad].status == TaskStatus.SUCCESSFUL, timeout=15, message="the task that stopped the loop ended")
+        fine = [async_nap.enqueue(str(naps), str(i), 0.05).id for i in range(5)]
+        wait_for(lambda: all(r.status == TaskStatus.SUCCESSFUL for r in rows(fine).values()), timeout=15, message="the naps after it")
+    finally:
+        worker.process.send_signal(signal.SIGTERM)
+        code = exit_within(worker, 10)
+    assert code == 0
+    assert lines(path) == ["started", "ended"]
 
 
 @pytest.mark.parametrize("gap", [0.05, 1.5])
