@@ -186,3 +186,25 @@ def keyword_names(**options):
     """Returns the names of its keyword arguments: any name may come, even
     those of Task.enqueue's own parameters ("self")."""
     return sorted(options)
+
+
+@task
+async def async_nap_and_note(path, line, seconds=0.2):
+    """The async def twin of nap_and_note: "begin:<line>", awaits, "<line>"."""
+    with open(path, "a") as handle:
+        handle.write(f"begin:{line}\n")
+    await asyncio.sleep(float(seconds))
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line
+
+
+@task
+async def async_sleeps_in_a_thread(path, seconds):
+    """Awaits a blocking call in the default executor's thread, which no
+    cancellation stops: only the await is given up at the time limit."""
+    with open(path, "a") as handle:
+        handle.write("started\n")
+    await asyncio.to_thread(time.sleep, float(seconds))
+    with open(path, "a") as handle:
+        handle.write("ended\n")

@@ -2,8 +2,12 @@
 long-running ones, log level from --verbosity, and the stop signals (the
 first asks for a graceful stop, a second one forces)."""
 
+import concurrent.futures.thread
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -56,3 +60,28 @@ def install_stop_handlers(request_stop: Callable[[], object]) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+
+def exit_now_if_tasks_left_threads(before: set[threading.Thread], code: int) -> None:
+    """End the process with ``code`` without joining the threads started
+    since ``before`` that still run, if any: the interpreter would
+    wait at exit for each (a task's asyncio.to_thread call past its time
+    limit, say), for as long as it runs. Called once everything the command
+    owns is recorded and closed."""
+    # The interpreter joins at exit every non-daemon thread, and every
+    # executor thread even when daemon (one started by the worker's event loop
+    # thread inherits its daemon flag): concurrent.futures keeps those here.
+    executors = getattr(concurrent.futures.thread, "_threads_queues", {})
+    left = [t for t in threading.enumerate() if t.is_alive() and t not in before and (not t.daemon or t in executors)]
+    if not left:
+        return
+    logging.getLogger("tasks").warning(
+        "event=threads_left count=%d names=%s (started by tasks, still running: not waited for)",
+        len(left),
+        ",".join(t.name for t in left),
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -21,9 +21,7 @@ import traceback
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone as dt_timezone
-from inspect import iscoroutinefunction
 
-from asgiref.sync import async_to_sync
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 
@@ -41,6 +39,7 @@ from tasks.storable import printable, unstorable
 from tasks.worker.context import CHECK_SECONDS, TaskControl, WorkerTaskContext
 from tasks.worker.faults import fault_point
 from tasks.worker.heartbeat import lease_clock
+from tasks.worker.invoke import call
 from tasks.worker.outcomes import CANCELLED, DEAD, FAILED, RETRIED, SUCCEEDED, Ack, Verdict, retry_delay
 from tasks.worker.record_behind import RecordBehind
 from tasks.worker.timelimit import time_limit
@@ -340,7 +339,7 @@ class BatchExecutor:
                 if task.takes_context:
                     control = TaskControl(envelope.id, self.recorder)
                     args = [self.context(task, envelope, attempt, started_at, control), *args]
-                value = call(task, args, envelope.kwargs)
+                value = call(task, args, envelope.kwargs, limit)
                 result = self.storable(value)
             return result, None
         except ForcedStop:
@@ -457,14 +456,6 @@ def ack_arguments(ack):
         "rates": ack.rates,
         "latencies": ack.latencies,
     }
-
-
-def call(task, args, kwargs):
-    """What ``task.call(*args, **kwargs)`` does, without its ``self``: a
-    task taking ``**kwargs`` may be sent a keyword of that name."""
-    if iscoroutinefunction(task.func):
-        return async_to_sync(task.func)(*args, **kwargs)
-    return task.func(*args, **kwargs)
 
 
 def utcnow():

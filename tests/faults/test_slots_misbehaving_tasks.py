@@ -19,7 +19,7 @@ from tests.faults.fault_tasks import (
     slow_append,
     thread_ignores_limit,
 )
-from tests.fixture_tasks import async_nap
+from tests.fixture_tasks import async_nap, async_nap_and_note, async_sleeps_in_a_thread
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -235,3 +235,51 @@ def test_a_reserve_item_cancelled_before_it_starts_never_runs(start_worker, tmp_
     print("marks ran:", lines(marks), {i: r.status for i, r in found.items()})
     assert {r.status for r in found.values()} == {TaskStatus.CANCELLED}
     assert not lines(marks), f"a task cancelled before it started ran anyway: {lines(marks)}"
+
+
+# --- async def tasks in the serial worker (--concurrency 1) -----------------------------
+LIMITED = {"MQ_MAX_ATTEMPTS": 1, "MQ_TASK_OPTIONS": {
+    "tests.fixture_tasks.async_nap_and_note": {"time_limit": 1},
+    "tests.fixture_tasks.async_sleeps_in_a_thread": {"time_limit": 1},
+}}
+
+
+def test_the_serial_worker_cancels_an_async_task_at_its_limit(start_worker, tmp_path):
+    """It ran on asgiref's loop in another thread: recorded timed out, it
+    went on to its end, and the worker's exit waited for it."""
+    path = tmp_path / "runs"
+    hung = async_nap_and_note.enqueue(str(path), "hung", 6).id
+    after = async_nap_and_note.enqueue(str(path), "after", 0.01).id
+    worker = start_worker("serial-async", settings=LIMITED)
+    wait_for(lambda: rows([after])[after].status == TaskStatus.SUCCESSFUL, timeout=20, message="the next task ran")
+    row = rows([hung])[hung]
+    assert row.status == TaskStatus.FAILED and "TaskTimeLimitExceeded" in row.error
+    worker.process.send_signal(signal.SIGTERM)
+    assert exit_within(worker, 10) == 0
+    assert lines(path) == ["begin:hung", "begin:after", "after"]  # "hung" never ended
+
+
+def test_a_second_signal_ends_the_serial_worker_inside_an_async_task(start_worker, tmp_path):
+    path = tmp_path / "runs"
+    async_nap_and_note.enqueue(str(path), "long", 30)
+    worker = start_worker("serial-async-forced")
+    wait_for(lambda: lines(path) == ["begin:long"], message="the task started")
+    worker.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # two signals sent back to back may reach the process as one
+    worker.process.send_signal(signal.SIGTERM)
+    assert exit_within(worker, 10) == 128 + signal.SIGTERM
+    assert lines(path) == ["begin:long"]
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_a_thread_an_async_task_left_past_its_limit_does_not_hold_the_exit(start_worker, tmp_path, concurrency):
+    """asyncio.to_thread(time.sleep, 30): the await is given up at the limit,
+    the thread sleeps on, and the interpreter joined it at exit."""
+    path = tmp_path / "runs"
+    stuck = async_sleeps_in_a_thread.enqueue(str(path), 30).id
+    worker = start_worker("to-thread", "--concurrency", concurrency, settings=LIMITED)
+    wait_for(lambda: rows([stuck])[stuck].status == TaskStatus.FAILED, timeout=20, message="recorded timed out")
+    worker.process.send_signal(signal.SIGTERM)
+    assert exit_within(worker, 10) == 0
+    assert "event=threads_left count=1" in worker.log()
+    assert lines(path) == ["started"]

@@ -1,10 +1,12 @@
+import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser, CommandError
 
 from tasks.conf import mq_settings
 from tasks.queue import presence
-from tasks.management.process import CONSUMER_CHECKS, install_stop_handlers, require_redis, set_verbosity
+from tasks.exceptions import ForcedStop
+from tasks.management.process import CONSUMER_CHECKS, exit_now_if_tasks_left_threads, install_stop_handlers, require_redis, set_verbosity
 from tasks.worker.loop import Worker
 
 
@@ -61,6 +63,12 @@ class Command(BaseCommand):
         set_verbosity(verbosity)
         worker = Worker(queue_names=queues, worker_id=worker_id, burst=burst, max_tasks=max_tasks, concurrency=concurrency)
         install_stop_handlers(worker.request_stop)
-        processed = worker.run()
+        before = set(threading.enumerate())
+        try:
+            processed = worker.run()
+        except ForcedStop as stop:
+            exit_now_if_tasks_left_threads(before, int(stop.code or 1))
+            raise
         if verbosity > 1:
             self.stderr.write(f"processed {processed} tasks from {', '.join(mq_settings.queue_key(q) for q in queues)}")
+        exit_now_if_tasks_left_threads(before, 0)
