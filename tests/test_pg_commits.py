@@ -99,7 +99,7 @@ def test_a_lost_claim_is_run_and_recorded_once(redis_client):
     result = add.enqueue(2, 3)
     queue = queue_for("default")
     queue.register("lost-worker", 3600)
-    items, _ = queue.take("lost-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
+    items, _, _ = queue.take("lost-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
     assert len(items) == 1
     assert Recorder().claim([result.id], "lost-worker") == {result.id: 1}
     TaskRecord.objects.filter(id=result.id).update(status=TaskStatus.READY, attempts=0, worker="", started_at=None)
@@ -128,7 +128,7 @@ def test_a_running_row_whose_item_redis_lost_is_resent_once(redis_client):
     or Redis lost it): resent by one sweep, run once, never again."""
     result = add.enqueue(2, 3)
     queue = queue_for("default")
-    items, _ = queue.take("gone-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
+    items, _, _ = queue.take("gone-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
     Recorder().claim([result.id], "gone-worker")
     queue.ack("gone-worker", items, [result.id])  # the item leaves Redis; the row stays RUNNING
 
@@ -148,7 +148,7 @@ def test_why_the_outcome_waits_a_live_workers_running_row_is_left_alone(redis_cl
     result = add.enqueue(2, 3)
     queue = queue_for("default")
     queue.register("live-worker", 3600)
-    items, _ = queue.take("live-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
+    items, _, _ = queue.take("live-worker", 10, mq_settings.MQ_MAX_MESSAGE_BYTES)
     Recorder().claim([result.id], "live-worker")
     queue.ack("live-worker", items, [result.id])
     assert sweep_now(queue) == 0

@@ -82,7 +82,7 @@ def test_a_stopping_worker_returns_priority_items_to_their_lane(redis_client):
     first = append_to_file.using(priority=2).enqueue("/dev/null", "a")
     second = append_to_file.using(priority=2).enqueue("/dev/null", "b")
     queue.register("w1", 30)
-    items, _ = queue.take("w1", 1, 10_000)
+    items, _, _ = queue.take("w1", 1, 10_000)
     assert [json.loads(i)["id"] for i in items] == [first.id]
     queue.release("w1")
     assert [json.loads(i)["id"] for i in queue.take("w2", 10, 10_000)[0]] == [first.id, second.id]

@@ -120,11 +120,16 @@ def test_sigterm_during_task_finishes_it_and_exits_zero(redis_url, redis_client)
     assert redis_client.zscore(keys.WORKERS, "polite") is None
 
 
-def test_task_that_kills_its_worker_every_time_ends_dead(redis_url, redis_client):
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_task_that_kills_its_worker_every_time_ends_dead(redis_url, redis_client, concurrency):
+    """With slots, the recovered items ran side by side (the worker took
+    again as soon as the first started): the task that kills its worker took
+    the others down at every restart, until all of them ended DEAD."""
     poison = crash_worker.enqueue()
     innocent = [append_to_file.enqueue("/dev/null", str(i)).id for i in range(5)]
-    for _ in range(6):  # each run is killed by the task, as systemd would restart it
-        run_manage(redis_url, "listen_queue", "--worker-id", "restarted", "--burst")
+    innocent += [sleep_for.enqueue(0.5).id for _ in range(3)]  # running when it strikes
+    for _ in range(8):  # each run is killed by the task, as systemd would restart it
+        run_manage(redis_url, "listen_queue", "--worker-id", "restarted", "--burst", "--concurrency", concurrency)
         if TaskRecord.objects.get(id=poison.id).status == TaskStatus.DEAD:
             break
     row = TaskRecord.objects.get(id=poison.id)

@@ -160,9 +160,9 @@ class Recorder:
         With ``unique_keys`` (one per envelope: a unique task), a row is not
         written either while an open row holds its key, as insert_unique.
         """
-        if unique_keys is None:
-            sql, keys = self._insert_sql() + " ON CONFLICT (id) DO NOTHING", [()] * len(envelopes)
-        else:
+        keys: list[tuple] = [()] * len(envelopes)
+        sql = self._insert_sql() + " ON CONFLICT (id) DO NOTHING"
+        if unique_keys is not None:
             sql, keys = self._insert_sql(unique=True) + " ON CONFLICT DO NOTHING", [(key,) for key in unique_keys]
         inserted = []
         with self.connection.cursor() as cursor:

@@ -10,6 +10,7 @@ them back. This module knows Redis and nothing of the ORM or HTTP.
 import json
 import time
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,6 +37,14 @@ def _refusal(queue_name, exc):
     if isinstance(exc, RedisTimeoutError):
         return DeliveryUncertain(f"Redis did not answer in time for queue {queue_name!r}: {exc}")
     return QueueUnavailable(f"Redis refused queue {queue_name!r}: {exc}")
+
+
+class Taken(NamedTuple):
+    """What a worker took from one queue at once."""
+
+    queue: "ReliableQueue"
+    items: list
+    recovered: bool  # one item, from a dead worker: it may be what killed it
 
 
 class ReliableQueue:
@@ -93,8 +102,10 @@ class ReliableQueue:
     def take(self, worker_id, max_items, max_bytes, acks=()):
         """Take up to max_items at once without blocking.
 
-        Returns (items, oversized); oversized items are already dead-lettered
-        and out of the sweeper's index, and come back as (size, task id or "").
+        Returns (items, oversized, recovered); oversized items are already
+        dead-lettered and out of the sweeper's index, and come back as (size,
+        task id or ""). ``recovered``: the one item came from a dead worker
+        (it may be what killed it: see TAKE_BATCH).
         ``acks``: (queue, keyword arguments of its ack()) sent before the take
         in the same round trip, by a worker that frees slots and fills them
         again in one go (--concurrency).
@@ -108,10 +119,10 @@ class ReliableQueue:
                 for queue, ack in acks:
                     queue.ack(worker_id, client=pipe, **ack)
                 self._take(client=pipe, **call)
-                items, oversized = pipe.execute()[-1]
+                items, oversized, recovered = pipe.execute()[-1]
         else:
-            items, oversized = self._take(**call)
-        return items, [(size, task_id.decode()) for size, task_id in oversized]
+            items, oversized, recovered = self._take(**call)
+        return items, [(size, task_id.decode()) for size, task_id in oversized], bool(recovered)
 
     def take_blocking(self, worker_id, timeout):
         """Wait up to ``timeout`` seconds for one item; None if none came.

@@ -136,15 +136,17 @@ TAKE_BATCH = DEAD_ENTRY + LANES + """
 -- ARGV[4] = worker id, for the dead-letter entry
 -- ARGV[5] = bytes of an oversized item the dead-letter entry keeps
 -- ARGV[6] = lane prefix, ARGV[7] = wake token
--- Returns {items, {{size, id}, ...}}: the id an oversized envelope starts
--- with (envelope.HEAD_ID), or '', so that its own row records the outcome.
+-- Returns {items, {{size, id}, ...}, recovered}: the id an oversized envelope
+-- starts with (envelope.HEAD_ID), or '', so that its own row records the
+-- outcome; recovered is 1 when the item came from the recovered list.
 local items, oversized = {}, {}
 local limit = tonumber(ARGV[2])
 local count = tonumber(ARGV[1])
 -- sources[k] = {list, lane member or false}
 local sources = {}
+local recovered = 0
 if redis.call('LLEN', KEYS[4]) > 0 then
-  sources, count = {{KEYS[4], false}}, 1
+  sources, count, recovered = {{KEYS[4], false}}, 1, 1
 else
   local lanes = redis.call('ZREVRANGE', KEYS[6], 0, -1)
   for _, p in ipairs(lanes) do
@@ -190,7 +192,7 @@ for i = 1, count do
     items[#items + 1] = item
   end
 end
-return {items, oversized}
+return {items, oversized, recovered}
 """
 
 # Why: acknowledging a batch is one command, not one per item: building,

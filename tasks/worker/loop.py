@@ -38,6 +38,7 @@ from tasks.exceptions import ForcedStop, QueueUnavailable
 from tasks.queue.backend import queue_for
 from tasks.queue.envelope import BadMessage, oversized
 from tasks.queue.recorder import Recorder
+from tasks.queue.reliable import Taken
 from tasks.sdnotify import SystemdNotifier
 from tasks.worker.chores import PROMOTE, worker_chores
 from tasks.worker.executor import BatchExecutor
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 # Waiting out Redis: the first pause, and the longest.
 REDIS_BACKOFF_BASE = 0.1
 REDIS_BACKOFF_MAX = 5.0
-
 
 class Worker:
     def __init__(
@@ -176,7 +176,7 @@ class Worker:
         taken = self._take()
         if taken is None:
             return None
-        queue, items = taken
+        queue, items, _recovered = taken  # a recovered item comes alone: it runs alone
         if not items:
             return 0
         started = time.monotonic()
@@ -221,7 +221,7 @@ class Worker:
         return True
 
     def _take(self, limit=None):
-        """(queue, items) to process, at most ``limit`` (default: the batch
+        """Taken items to process, at most ``limit`` (default: the batch
         size); None when a burst run is done."""
         limit = limit or self.batch_size
         if self.max_tasks is not None:
@@ -251,19 +251,19 @@ class Worker:
         self._turn += 1
         timeout = min(timeout, max(promote.next_run - self.clock(), 0.01))
         item = queue.take_blocking(self.worker_id, timeout)
-        return queue, [item] if item is not None else []
+        return Taken(queue, [item] if item is not None else [], False)
 
     def _take_waiting(self, limit):
-        """(queue, items) from the first queue with something waiting, without
+        """Taken items from the first queue with something waiting, without
         blocking; None when every queue is empty."""
         max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
         for queue in self.queues:
-            items, too_large = queue.take(self.worker_id, limit, max_bytes)
+            items, too_large, recovered = queue.take(self.worker_id, limit, max_bytes)
             if too_large:
                 messages = [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large]
                 self.executor.record_bad(queue, messages)
             if items or too_large:
-                return queue, items
+                return Taken(queue, items, recovered)
         return None
 
     def _adapt_batch_size(self, ran, seconds):

@@ -45,6 +45,7 @@ from tasks.conf import mq_settings
 from tasks.logfmt import task_context
 from tasks.queue.envelope import BadMessage, Envelope, oversized
 from tasks.queue.backend import context_result, finished_result
+from tasks.queue.reliable import Taken
 from tasks.signals import task_finished, task_started
 from tasks.worker.aio import EventLoopSlots
 from tasks.worker.context import TaskControl
@@ -106,6 +107,9 @@ class SlotPool:
         self._unacked: list = []
         self.release_when_idle = False
         self.closing = False  # draining: nothing that waits starts any more
+        # (Taken or None once handed out, the heartbeat's epoch at its take)
+        # while a recovered item waits to run alone, or runs: see _run_alone.
+        self._alone: tuple | None = None
         self._cancels_checked = time.monotonic()
         # Ids of jobs found cancelled while a thread held them, waiting for a
         # slot: the thread does not start them, and they are recorded CANCELLED.
@@ -122,6 +126,8 @@ class SlotPool:
         self.collect()
         self._skip_cancelled()
         worker.chores.run_due(worker.clock())
+        if self._alone is not None:
+            return self._run_alone()
         free = self.size + self.reserve() - self.busy
         if worker.max_tasks is not None:
             free = min(free, worker.max_tasks - worker.processed - self.busy)
@@ -134,9 +140,12 @@ class SlotPool:
                 taken = worker._take(free)  # blocks, or ends a burst run
                 if taken is None:
                     return None
-            if taken is not None and taken[1]:
+            if taken is not None and taken.recovered:
+                self._alone = (taken, epoch)
+                return self._run_alone()
+            if taken is not None and taken.items:
                 self._poll = POLL_FIRST_SECONDS
-                started = self._hand_out(taken[0], taken[1], epoch)
+                started = self._hand_out(taken.queue, taken.items, epoch)
                 self._send_unacked()
                 return started
         self._send_unacked()
@@ -146,10 +155,32 @@ class SlotPool:
             self.collect(wait)
         return 0
 
+    def _run_alone(self):
+        """A recovered item (its worker died, and it may be what killed it)
+        runs with no task beside it, as the serial worker runs it: taken
+        while others run, it waits for them to end; while it runs, nothing
+        more is taken. Else a task that kills its worker took the tasks
+        around it down at every restart, until they all ended DEAD."""
+        assert self._alone is not None
+        taken, epoch = self._alone
+        if not self.busy:
+            if taken is None:  # it ran and is recorded
+                self._alone = None
+                return 0
+            if not self.worker.stopping:
+                self._alone = (None, epoch)
+                started = self._hand_out(taken.queue, taken.items, epoch)
+                self._send_unacked()
+                return started
+        self._send_unacked()
+        self.collect(FULL_WAIT_SECONDS)
+        return 0
+
     def drain(self):
         """Warm shutdown: wait for every running task and record it; what
         was ready and not started goes back."""
         self.closing = True  # also when the loop ended without a stop request
+        self._alone = None  # a recovered item not handed out stays for the release
         self._give_back_waiting()
         while self.busy:
             if not self.overrun():
@@ -195,17 +226,17 @@ class SlotPool:
     def _take_waiting(self, limit):
         """Worker._take_waiting, with the acknowledgements that are due sent
         in the take's round trip: a slot that frees is filled again for one
-        round trip, not two."""
+        round trip, not two. Taken, or None."""
         worker, executor = self.worker, self.executor
         max_bytes = mq_settings.MQ_MAX_MESSAGE_BYTES
         for queue in worker.queues:
             acks = [(acked, ack_arguments(ack)) for acked, ack in self._unacked]
-            items, too_large = queue.take(worker.worker_id, limit, max_bytes, acks=acks)
+            items, too_large, recovered = queue.take(worker.worker_id, limit, max_bytes, acks=acks)
             self._unacked.clear()  # sent with the take
             if too_large:
                 executor.record_bad(queue, [BadMessage(oversized(size, max_bytes), id=task_id) for size, task_id in too_large])
             if items or too_large:
-                return queue, items
+                return Taken(queue, items, recovered)
         return None
 
     def _release(self):

@@ -112,7 +112,7 @@ def test_only_an_item_still_in_the_processing_list_is_confirmed_and_retried(redi
     envelope = Envelope(id=new_task_id(), task=counted.module_path, queue="default", args=["x"], enqueued_at=now_iso())
     queue = queue_for("default")
     queue.push([envelope])
-    [raw], _ = queue.take("stalled", 10, 10_000)
+    [raw], _, _ = queue.take("stalled", 10, 10_000)
     lease = keys.lease(QUEUE, "stalled")
     assert redis_client.delete(lease) == 0  # never registered: as good as lapsed
     assert queue.confirm_held("stalled", raw, 2.0)
@@ -126,6 +126,6 @@ def test_only_an_item_still_in_the_processing_list_is_confirmed_and_retried(redi
     assert redis_client.zcard(keys.delayed(QUEUE)) == 0, "a retry of an item another worker took back"
     assert redis_client.llen(keys.recovered(QUEUE)) == 1
 
-    [raw], _ = queue.take("rescuer", 10, 10_000)
+    [raw], _, _ = queue.take("rescuer", 10, 10_000)
     queue.ack("rescuer", [raw], retries=[(raw, envelope.next_attempt(), 0)])
     assert redis_client.zcard(keys.delayed(QUEUE)) == 1

@@ -20,7 +20,7 @@ def test_take_and_ack_write_the_same_entry(redis_client):
     queue = queue_for("default")
     big = '{"id":"big-1","task":"x","pad":"' + "x" * 5000 + '"}'
     redis_client.lpush(QUEUE, "small", big)
-    items, oversized = queue.take("w1", 10, 1000)
+    items, oversized, _ = queue.take("w1", 10, 1000)
     assert items == [b"small"] and oversized == [(len(big), "big-1")]
     queue.ack("w1", [b"small"], dead=[DeadLetter.of(b"small\xff", "unknown task", "t-1", "a.b", 1000)])
     by_writer, by_take = [json.loads(e) for e in redis_client.lrange(keys.dead(QUEUE), 0, -1)]

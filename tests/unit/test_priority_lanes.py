@@ -85,7 +85,7 @@ def test_the_length_limit_counts_every_lane_but_not_the_wake_token(client, queue
 
 def test_take_goes_by_priority_then_first_in_first_out(client, queue):
     queue.push([envelope(1, -10), envelope(2), envelope(3, 10), envelope(4, -10), envelope(5), envelope(6, 10), envelope(7, 3)])
-    items, _ = queue.take("w1", 100, 10_000)
+    items, _, _ = queue.take("w1", 100, 10_000)
     assert taken_ids(items) == ["t3", "t6", "t7", "t2", "t5", "t1", "t4"]
 
 
@@ -97,7 +97,7 @@ def test_take_one_at_a_time_goes_by_priority(client, queue):
 
 def test_take_drops_the_wake_token_and_lanes_found_empty(client, queue):
     queue.push([envelope(1, 5)])
-    items, _ = queue.take("w1", 10, 10_000)
+    items, _, _ = queue.take("w1", 10, 10_000)
     assert taken_ids(items) == ["t1"]
     assert client.lrange(keys.processing(QUEUE, "w1"), 0, -1) == items
     assert client.llen(QUEUE) == 0
@@ -107,7 +107,7 @@ def test_take_drops_the_wake_token_and_lanes_found_empty(client, queue):
 def test_a_foreign_lpush_is_priority_0(client, queue):
     client.lpush(QUEUE, "raw payload")
     queue.push([envelope(1, -1), envelope(2, 1)])
-    items, _ = queue.take("w1", 10, 10_000)
+    items, _, _ = queue.take("w1", 10, 10_000)
     assert items[1] == b"raw payload" and taken_ids([items[0], items[2]]) == ["t2", "t1"]
 
 

@@ -125,13 +125,13 @@ def test_a_batch_larger_than_the_limit_is_refused_whole_on_an_empty_queue(client
 
 
 def test_take_from_an_empty_queue_takes_nothing(client, queue):
-    assert queue.take("w1", 10, 1000) == ([], [])
+    assert queue.take("w1", 10, 1000) == ([], [], False)
     assert processing(client, "w1") == []
 
 
 def test_take_moves_the_oldest_items_into_the_processing_list(client, queue):
     queue.push([envelope(n) for n in range(1, 6)])
-    items, oversized = queue.take("w1", 3, 1000)
+    items, oversized, _ = queue.take("w1", 3, 1000)
     assert (items, oversized) == (payloads(1, 2, 3), [])
     assert pending(client) == payloads(4, 5)
     # Taken onto the head: the oldest sits at the tail.
@@ -141,15 +141,15 @@ def test_take_moves_the_oldest_items_into_the_processing_list(client, queue):
 
 def test_take_more_than_there_is_takes_all(queue):
     queue.push([envelope(1), envelope(2)])
-    assert queue.take("w1", 100, 1000) == (payloads(1, 2), [])
-    assert queue.take("w1", 100, 1000) == ([], [])
+    assert queue.take("w1", 100, 1000) == (payloads(1, 2), [], False)
+    assert queue.take("w1", 100, 1000) == ([], [], False)
 
 
 def test_an_oversized_item_is_dead_lettered_with_its_id(client, queue):
     big = envelope(2, kwargs={"blob": "x" * 3000})
     queue.push([envelope(1), big, envelope(3)])
     size = len(big.encode())
-    items, oversized = queue.take("w1", 10, 1000)
+    items, oversized, _ = queue.take("w1", 10, 1000)
     assert items == payloads(1, 3)
     assert oversized == [(size, "t2")]
     assert processing(client, "w1") == payloads(3, 1)
@@ -172,7 +172,7 @@ def test_an_oversized_item_is_dead_lettered_with_its_id(client, queue):
 )
 def test_an_oversized_item_without_a_readable_id_is_dead_lettered_without_one(client, queue, raw):
     client.lpush(QUEUE, raw)
-    assert queue.take("w1", 10, 1000) == ([], [(len(raw), "")])
+    assert queue.take("w1", 10, 1000) == ([], [(len(raw), "")], False)
     assert [entry["id"] for entry in dead_entries(client)] == [""]
 
 
@@ -184,10 +184,11 @@ def test_recovered_items_are_taken_one_at_a_time_before_the_queue(client, queue)
     expire_lease(client, "dead-worker")
     assert queue.recover_expired() == {"dead-worker": 3}
     # One of them may be what killed its worker: alone, it takes nothing down with it.
-    assert queue.take("w2", 10, 1000) == (payloads(1), [])
-    assert queue.take("w2", 10, 1000) == (payloads(2), [])
-    assert queue.take("w2", 10, 1000) == (payloads(3), [])
-    assert queue.take("w2", 10, 1000) == (payloads(4), [])
+    # The take says so, so a worker with slots runs it alone too.
+    assert queue.take("w2", 10, 1000) == (payloads(1), [], True)
+    assert queue.take("w2", 10, 1000) == (payloads(2), [], True)
+    assert queue.take("w2", 10, 1000) == (payloads(3), [], True)
+    assert queue.take("w2", 10, 1000) == (payloads(4), [], False)
 
 
 def test_take_blocking_takes_one_item(client, queue):
@@ -205,7 +206,7 @@ def test_take_blocking_gives_up_on_an_empty_queue(queue):
 
 def taken(queue, *numbers):
     queue.push([envelope(n) for n in numbers])
-    items, _ = queue.take("w1", len(numbers), 10_000)
+    items, _, _ = queue.take("w1", len(numbers), 10_000)
     return items
 
 
@@ -225,7 +226,7 @@ def test_ack_drops_done_items_and_their_ids(client, queue):
 def test_ack_removes_one_copy_per_done_item(client, queue):
     """A message pushed twice is taken twice: each ack drops one copy."""
     queue.push([envelope(1), envelope(1)])
-    items, _ = queue.take("w1", 2, 10_000)
+    items, _, _ = queue.take("w1", 2, 10_000)
     queue.ack("w1", items[:1])
     assert processing(client, "w1") == payloads(1)
 
