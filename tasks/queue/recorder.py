@@ -207,6 +207,15 @@ class Recorder:
             cursor.execute(sql, params)
             return dict(cursor.fetchall())
 
+    def given_up_reason(self, task_id):
+        """Why a task that ended FAILED or DEAD was given up (its last
+        error's exception: the dead-letter entry's reason), or None."""
+        row = self.rows.filter(id=task_id, status__in=(TaskStatus.FAILED, TaskStatus.DEAD)).values_list("errors", "status").first()
+        if row is None:
+            return None
+        errors, status = row
+        return errors[-1].get("exception", status) if errors else status
+
     def cancel_requested_among(self, ids):
         """The ids among ``ids`` asked to stop (see TaskRecordQuerySet.cancel)."""
         return self.rows.cancel_requested_among(ids) if ids else set()

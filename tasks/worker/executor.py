@@ -103,8 +103,7 @@ class BatchExecutor:
                     unrun.append(envelope.id)
                 continue
             if attempt is None:  # finished already: a duplicate delivery
-                ack.done.append(raw)
-                ack.finished_ids.append(envelope.id)
+                self.finished_duplicate(ack, raw, envelope)
                 continue
             if envelope.id in cancelled:
                 verdict = self.cancelled(envelope)
@@ -173,6 +172,17 @@ class BatchExecutor:
         ack = Ack()
         self._reject(queue, bad, ack)
         return runnable, attempts, ack
+
+    def finished_duplicate(self, ack, raw, envelope):
+        """Acknowledge, unrun, a delivery of a task that finished already.
+        Its worker may have died between recording it and acknowledging it:
+        one that ended FAILED or DEAD then gets the dead-letter entry that
+        acknowledgement would have carried (a query, on this rare path only)."""
+        ack.done.append(raw)
+        ack.finished_ids.append(envelope.id)
+        reason = self.db(self.recorder.given_up_reason, envelope.id)
+        if reason is not None:
+            ack.dead.append(DeadLetter.of(raw, reason, envelope.id, envelope.task, mq_settings.MQ_MAX_MESSAGE_BYTES))
 
     def acknowledge(self, queue, ack, unrun=()):
         """Record the outcomes of ``ack``, then take its items off the

@@ -257,8 +257,7 @@ class SlotPool:
         for raw, envelope in runnable:
             attempt = attempts.get(envelope.id)
             if attempt is None:  # finished already: a duplicate delivery
-                ack.done.append(raw)
-                ack.finished_ids.append(envelope.id)
+                executor.finished_duplicate(ack, raw, envelope)
                 continue
             if owned:
                 # Once one item is gone, all are: a recovery takes the whole list.

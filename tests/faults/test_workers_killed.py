@@ -3,6 +3,7 @@ points in tasks/faults.py); a second worker finishes the work. Every task
 ends final exactly once in history, the attempts say what really happened,
 and no processing list keeps anything."""
 
+import json
 import signal
 import time
 
@@ -12,6 +13,7 @@ from django.db import connection
 from tasks.models import TaskRecord, TaskStatus
 from tasks.queue import keys
 from tests.faults.conftest import QUEUE, all_final, executions, kill, redis_leftovers, serial_only
+from tests.faults.fault_tasks import flaky_append
 from tests.fixture_tasks import append_to_file
 from tests.processes import wait_for
 
@@ -48,6 +50,20 @@ def test_killed_at_each_step_one_task_at_a_time(fault, struck, redis_client, sta
     assert TaskRecord.objects.count() == 10
     wait_for(lambda: not redis_leftovers(redis_client), message="no processing list keeps anything")
     assert "event=recovered" in rescuer.log() and "dead_worker=victim" in rescuer.log()
+
+
+def test_a_failed_task_keeps_its_dead_letter_when_its_worker_dies_before_the_ack(redis_client, start_worker, tmp_path):
+    """The entry travels with the acknowledgement: killed between recording
+    FAILED and acknowledging, the victim left a row FAILED and no entry, and
+    the rescuer acknowledged the finished copy without one."""
+    runs = tmp_path / "runs.txt"
+    task_id = flaky_append.enqueue(str(runs), "f").id  # fails its first attempt, the last one here
+    killed_then_rescued(start_worker, "after_record:1", settings={"MQ_MAX_ATTEMPTS": 1})
+    assert TaskRecord.objects.get(id=task_id).status == TaskStatus.FAILED
+    wait_for(lambda: not redis_leftovers(redis_client), timeout=30, message="the rescuer acknowledged the victim's item")
+    assert executions(runs)["f"] == 1  # recorded before the kill: not run again
+    dead = [json.loads(entry) for entry in redis_client.lrange(keys.dead(QUEUE), 0, -1)]
+    assert [(entry["id"], entry["reason"]) for entry in dead] == [(task_id, "builtins.RuntimeError")]
 
 
 @serial_only
