@@ -208,3 +208,12 @@ async def async_sleeps_in_a_thread(path, seconds):
     await asyncio.to_thread(time.sleep, float(seconds))
     with open(path, "a") as handle:
         handle.write("ended\n")
+
+
+@task
+def nap_then_fail(path, seconds):
+    """Appends "begin", sleeps, then fails: retried, while attempts are left."""
+    with open(path, "a") as handle:
+        handle.write("begin\n")
+    time.sleep(float(seconds))
+    raise RuntimeError("fails after its nap")

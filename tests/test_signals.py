@@ -7,10 +7,13 @@ import os
 
 import pytest
 
+from tasks.models import TaskRecord, TaskStatus
+from tasks.queue.backend import cancel
 from tasks.signals import listened, task_enqueued, task_finished, task_started
 from tasks.tasks import add
 from tests import signal_receivers
-from tests.processes import run_manage
+from tests.fixture_tasks import nap_and_note, nap_then_fail
+from tests.processes import manage, run_manage, stop, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,3 +53,29 @@ def test_each_signal_is_sent_in_the_process_where_it_happens(redis_url, redis_cl
     assert started["id"] == finished["id"] == result.id
     assert started["pid"] == finished["pid"] != os.getpid()
     assert started["sender"] == finished["sender"] == "RedisTaskBackend"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_a_task_cancelled_while_it_runs_finishes_failed_whatever_it_does(
+    redis_url, redis_client, receivers, monkeypatch, tmp_path, concurrency
+):
+    """Its row ends CANCELLED (the record decides), which the Tasks API
+    reads FAILED. task_finished said SUCCESSFUL for the one that returned,
+    and never came for the one that raised with attempts left."""
+    returns, raises = tmp_path / "returns", tmp_path / "raises"
+    returning = nap_and_note.enqueue(str(returns), "x", 1.0).id
+    raising = nap_then_fail.enqueue(str(raises), 1.0).id
+    monkeypatch.setenv("MQ_TEST_SIGNALS", "1")
+    modules = ["tests.fixture_tasks", "tests.faults.fault_tasks", "tests.signal_receivers"]
+    worker = manage(redis_url, "listen_queue", "--concurrency", concurrency, settings={"MQ_TASK_MODULES": modules})
+    try:
+        for path, task_id in ((returns, returning), (raises, raising)):
+            wait_for(lambda: path.exists() and "begin" in path.read_text(), message="the task runs")
+            assert cancel(task_id) == TaskStatus.RUNNING
+        wait_for(lambda: len([e for e in received(redis_client) if e["signal"] == "task_finished"]) == 2, message="two task_finished")
+    finally:
+        assert stop(worker) == 0
+    finished = {e["id"]: e["status"] for e in received(redis_client) if e["signal"] == "task_finished"}
+    assert finished == {returning: "FAILED", raising: "FAILED"}
+    assert {row.status for row in TaskRecord.objects.filter(id__in=[returning, raising])} == {TaskStatus.CANCELLED}

@@ -109,9 +109,8 @@ class BatchExecutor:
                 verdict = self.cancelled(envelope)
             else:
                 verdict = self._run_to_verdict(raw, envelope, attempt)
-            if self._send_finished and verdict.retry is None:
-                task = registry.get(envelope.task)
-                self._signal(task_finished, task, finished_result(task, envelope, attempt, self.worker_id, verdict.record))
+            if self._send_finished:
+                self.signal_finished(envelope, attempt, verdict, self.db(self.recorder.cancel_requested_among, [envelope.id]))
             ack.add(raw, verdict, envelope.enqueued_at)
             self._count_and_log(queue, envelope, attempt, verdict)
 
@@ -172,6 +171,20 @@ class BatchExecutor:
         ack = Ack()
         self._reject(queue, bad, ack)
         return runnable, attempts, ack
+
+    def signal_finished(self, envelope, attempt, verdict, cancelled):
+        """task_finished, if the task finished for good. One asked to stop
+        while it ran ends CANCELLED whatever it returned or raised (its
+        record's statement decides, and a retry's item finds the row closed):
+        ``cancelled``, the ids asked to stop, comes from a query the callers
+        make only when a receiver listens."""
+        record = verdict.record
+        if envelope.id in cancelled:
+            record = replace(record, status=TaskStatus.CANCELLED, result=None)
+        elif verdict.retry is not None:
+            return
+        task = registry.get(envelope.task)
+        self._signal(task_finished, task, finished_result(task, envelope, attempt, self.worker_id, record))
 
     def finished_duplicate(self, ack, raw, envelope):
         """Acknowledge, unrun, a delivery of a task that finished already.

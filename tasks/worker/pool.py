@@ -44,9 +44,9 @@ from tasks import registry
 from tasks.conf import mq_settings
 from tasks.logfmt import task_context
 from tasks.queue.envelope import BadMessage, Envelope, oversized
-from tasks.queue.backend import context_result, finished_result
+from tasks.queue.backend import context_result
 from tasks.queue.reliable import Taken
-from tasks.signals import task_finished, task_started
+from tasks.signals import task_started
 from tasks.worker.aio import EventLoopSlots
 from tasks.worker.context import TaskControl
 from tasks.worker.executor import CANCEL_CHECK_SECONDS, ack_arguments, utcnow
@@ -417,6 +417,7 @@ class SlotPool:
     def _record(self, finished):
         executor = self.executor
         acks: dict = {}
+        cancelled = None
         for job, outcome, problem in finished:
             ack, unrun = acks.setdefault(job.queue, (Ack(), []))
             held_when_cancelled = job.envelope.id in self._cancelled_held
@@ -443,9 +444,10 @@ class SlotPool:
                 if control is not None:
                     control.flush()
             verdict = outcome
-            if executor._send_finished and verdict.retry is None:
-                task = registry.get(job.envelope.task)
-                executor._signal(task_finished, task, finished_result(task, job.envelope, job.attempt, executor.worker_id, verdict.record))
+            if executor._send_finished:
+                if cancelled is None:  # asked once for the jobs recorded together
+                    cancelled = executor.db(executor.recorder.cancel_requested_among, [job.envelope.id for job, _, _ in finished])
+                executor.signal_finished(job.envelope, job.attempt, verdict, cancelled)
             ack.add(job.raw, verdict, job.envelope.enqueued_at)
             executor._count_and_log(job.queue, job.envelope, job.attempt, verdict)
         for ack, unrun in acks.values():
