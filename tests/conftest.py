@@ -46,3 +46,11 @@ def subscriber(redis_client):
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
     yield pubsub
     pubsub.close()
+
+
+def nested(depth):
+    """``depth`` lists, one inside the other: arguments too deep to store."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value

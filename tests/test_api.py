@@ -10,6 +10,7 @@ import pytest
 from tasks.channel import publish as pubsub
 from tasks.models import PublishedMessage, TaskRecord, TaskStatus
 from tasks.worker.loop import Worker
+from tests.conftest import nested
 from tests.processes import run_manage
 
 # Transactional: the API pushes to Redis at once, as it does in production.
@@ -269,14 +270,7 @@ def test_a_message_at_any_depth_is_published_or_400_never_a_500(client):
 
 def test_publish_refuses_data_too_deep_to_encode():
     with pytest.raises(ValueError, match="nested too deeply"):
-        pubsub.publish(_deep_list(5000))
-
-
-def _deep_list(depth):
-    value: list = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
+        pubsub.publish(nested(5000))
 
 
 def test_any_keyword_a_task_takes_is_accepted_and_reaches_it(client):

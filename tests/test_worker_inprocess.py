@@ -16,6 +16,7 @@ from tasks.storable import MAX_ARGS_DEPTH
 from tasks.queue.recorder import Recorder
 from tasks.tasks import add, always_fails, cook_dish, report_attempt
 from tasks.worker.loop import Worker
+from tests.conftest import nested
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,14 +115,6 @@ def test_oversized_task_is_refused_before_anything_is_written(redis_client, sett
     assert redis_client.llen("task:prodcons:queue") == 0
     assert redis_client.zcard(keys.delayed("task:prodcons:queue")) == 0
     assert redis_client.scard(keys.task_ids("task:prodcons:queue")) == 0
-
-
-def nested(depth):
-    """``depth`` lists, one inside the other."""
-    value: list = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
 
 
 def test_the_deepest_arguments_a_worker_runs_are_accepted_and_run(redis_client):
