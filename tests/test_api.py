@@ -257,7 +257,8 @@ def test_arguments_nested_deeper_than_a_worker_runs_are_400_and_change_nothing(c
 
 def test_a_message_at_any_depth_is_published_or_400_never_a_500(client):
     # Where parsing still succeeds and encoding again exhausts the recursion
-    # limit depends on the stack (917 deep was a 500 on Django 5.2): sweep it.
+    # limit depends on the stack and the Python (917 deep was a 500 on Python
+    # 3.11; 3.12 encodes all of these): sweep it.
     published = 0
     for depth in range(880, 1001):
         response = post(client, "/api/messages", '{"data": %s}' % nested_text(depth))
@@ -265,7 +266,7 @@ def test_a_message_at_any_depth_is_published_or_400_never_a_500(client):
             published += 1
         else:
             assert_error(response, 400, "nested too deeply")
-    assert PublishedMessage.objects.count() == published < 121
+    assert PublishedMessage.objects.count() == published
 
 
 def test_publish_refuses_data_too_deep_to_encode():
