@@ -62,7 +62,6 @@ def install_stop_handlers(request_stop: Callable[[], object]) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-
 def exit_now_if_tasks_left_threads(before: set[threading.Thread], code: int) -> None:
     """End the process with ``code`` without joining the threads started
     since ``before`` that still run, if any: the interpreter would

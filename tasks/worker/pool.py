@@ -446,7 +446,7 @@ class SlotPool:
             verdict = outcome
             if executor._send_finished:
                 if cancelled is None:  # asked once for the jobs recorded together
-                    cancelled = executor.db(executor.recorder.cancel_requested_among, [job.envelope.id for job, _, _ in finished])
+                    cancelled = executor.db(executor.recorder.cancel_requested_among, [done.envelope.id for done, _, _ in finished])
                 executor.signal_finished(job.envelope, job.attempt, verdict, cancelled)
             ack.add(job.raw, verdict, job.envelope.enqueued_at)
             executor._count_and_log(job.queue, job.envelope, job.attempt, verdict)
